@@ -1,0 +1,42 @@
+# Only Python (>= 3.11) and make are needed: uv is bootstrapped into .tools/ from PyPI and installs the
+# locked dependencies (uv.lock) into .venv/.
+PYTHON ?= python3
+UV := .tools/bin/uv
+RUN := $(UV) run --frozen
+WORKSPACE ?= demo-workspace
+
+.PHONY: setup test test-fast lint format demo bench clean
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv==0.13.9
+
+.venv/.synced: $(UV) uv.lock pyproject.toml
+	$(UV) sync --frozen
+	touch $@
+
+setup: .venv/.synced
+
+test: setup
+	$(RUN) ruff check src tests benchmarks
+	$(RUN) ruff format --check src tests benchmarks
+	$(RUN) pytest
+
+test-fast: setup
+	$(RUN) pytest -m "not slow"
+
+lint: setup
+	$(RUN) ruff check src tests benchmarks
+
+format: setup
+	$(RUN) ruff check --fix src tests benchmarks
+	$(RUN) ruff format src tests benchmarks
+
+demo: setup
+	$(RUN) fraudops demo $(WORKSPACE)
+
+bench: setup
+	for b in benchmarks/bench_*.py; do $(RUN) python $$b || exit 1; done
+
+clean:
+	rm -rf .tools .venv $(WORKSPACE)

@@ -1,0 +1,282 @@
+"""One pydantic model for every setting.
+
+Values come from, highest priority first: ``FRAUDOPS_…`` environment variables (nested keys joined by
+``__``, e.g. ``FRAUDOPS_TRAIN__TRAIN_DAYS=14``), the workspace's ``fraudops.yaml``, then the defaults
+below. Unknown keys and bad values are rejected with the key's name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+CONFIG_FILE = "fraudops.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Columns(Section):
+    """Where each role lives in your files (so handbook and Kaggle names work without renaming)."""
+
+    transaction_id: str | None = Field("TRANSACTION_ID", description="unique id; null = row number")
+    timestamp: str | None = Field("TX_DATETIME", description="event time (datetime, or seconds for features kind)")
+    customer_id: str = Field("CUSTOMER_ID", description="card / customer id (transactions kind)")
+    terminal_id: str = Field("TERMINAL_ID", description="terminal / merchant id (transactions kind)")
+    amount: str | None = Field("TX_AMOUNT", description="amount, must be >= 0")
+    label: str = Field("TX_FRAUD", description="1 = fraud, 0 = genuine; optional in files to score")
+    scenario: str | None = Field("TX_FRAUD_SCENARIO", description="simulator's fraud scenario, optional")
+
+
+KAGGLE_COLUMNS: dict[str, Any] = {
+    "transaction_id": None,
+    "timestamp": "Time",
+    "amount": "Amount",
+    "label": "Class",
+    "scenario": None,
+}
+
+
+class DataConfig(Section):
+    kind: Literal["transactions", "features"] = Field(
+        "transactions",
+        description="transactions = raw card transactions (features are engineered); "
+        "features = an already-engineered table such as Kaggle's creditcard.csv",
+    )
+    columns: Columns = Field(default_factory=Columns)
+    feature_columns: list[str] | None = Field(
+        None, description="features kind: model inputs; null = every numeric column but id, time and label"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kaggle_defaults(cls, values: Any) -> Any:
+        """The features kind defaults to the Kaggle/ULB names unless columns are given."""
+        if isinstance(values, dict) and values.get("kind") == "features":
+            given = dict(values.get("columns") or {})
+            values = {**values, "columns": {**KAGGLE_COLUMNS, **given}}
+        return values
+
+
+class SimulateConfig(Section):
+    """The handbook's published configuration (simulator.md)."""
+
+    n_customers: int = Field(5000, gt=0)
+    n_terminals: int = Field(10000, gt=0)
+    n_days: int = Field(183, gt=0)
+    start_date: dt.date = dt.date(2018, 4, 1)
+    radius: float = Field(5.0, gt=0, description="a customer uses terminals closer than this")
+    seed: int = 0
+    drift_start: dt.date | None = Field(None, description="from this day on, add the drifts below")
+    drift_amount_factor: float = Field(1.5, gt=0, description="genuine amounts are multiplied by this")
+    drift_night_burst_cards: int = Field(
+        10, ge=0, description="cards a day hit by bursts of small night-time frauds (a new pattern)"
+    )
+
+
+class FeaturesConfig(Section):
+    customer_windows: list[int] = Field([1, 7, 30], description="days")
+    terminal_windows: list[int] = Field([1, 7, 30], description="days")
+    delay_days: int = Field(7, ge=0, description="fraud labels are known this many days later")
+    extra: bool = Field(True, description="add fraudops' features beyond the handbook's 15")
+
+
+class ThresholdConfig(Section):
+    strategy: Literal["min_cost", "target_fpr", "alert_budget"] = "min_cost"
+    target_fpr: float = Field(0.01, gt=0, lt=1)
+    alerts_per_day: int = Field(100, gt=0)
+    cost_missed_fraud: float = Field(100.0, ge=0, description="cost of a fraud the model lets through")
+    cost_false_alert: float = Field(2.0, ge=0, description="cost of investigating a genuine transaction")
+
+
+class TrainConfig(Section):
+    train_start: dt.date | None = Field(None, description="null = as late as the data allows")
+    train_days: int = Field(21, gt=0)
+    delay_days: int = Field(7, ge=0)
+    test_days: int = Field(7, gt=0)
+    validation_days: int = Field(4, ge=0, description="carved from the end of the training window")
+    candidates: list[Literal["logistic_regression", "xgboost"]] = ["logistic_regression", "xgboost"]
+    xgboost: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "n_estimators": 400,
+            "max_depth": 6,
+            "learning_rate": 0.05,
+            "subsample": 0.8,
+            "colsample_bytree": 0.8,
+            "min_child_weight": 1,
+            "early_stopping_rounds": 40,
+        }
+    )
+    threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
+    top_k: int = Field(100, gt=0, description="cards an investigation team checks a day (CP@k)")
+    min_frauds: int = Field(10, ge=1, description="fewer frauds in a window is an error")
+    n_jobs: int = Field(2, ge=1)
+    seed: int = 42
+
+
+class RegistryConfig(Section):
+    tracking_uri: str | None = Field(None, description="null = sqlite file mlflow.db in a local workspace")
+    experiment: str = "creditcard-fraud-experiment"
+    model_name: str = "creditcard-fraud-model"
+    min_improvement: float = Field(0.005, ge=0, description="average precision a challenger must add")
+    recall_tolerance: float = Field(0.02, ge=0, description="recall at threshold it may lose")
+    gate_min_auc: float = Field(0.7, ge=0, le=1)
+    gate_ap_over_fraud_rate: float = Field(3.0, ge=1, description="first model: AP >= this x fraud rate")
+
+
+class BatchConfig(Section):
+    join_columns: list[str] | None = Field(None, description="input columns copied to output; null = all")
+    on_invalid: Literal["reject", "fail"] = Field("reject", description="reject = rows to a rejects file")
+    chunk_rows: int = Field(250_000, gt=0)
+
+
+class MonitorConfig(Section):
+    psi_threshold: float = Field(0.25, gt=0)
+    wasserstein_threshold: float = Field(0.1, gt=0, description="in reference standard deviations")
+    ks_pvalue: float = Field(0.05, gt=0, lt=1, description="used only below large_sample rows")
+    large_sample: int = Field(100_000, gt=0)
+    drift_share: float = Field(0.3, gt=0, le=1, description="share of drifted features that fires")
+    score_psi_threshold: float = Field(0.25, gt=0)
+    ap_tolerance: float = Field(0.1, ge=0, lt=1, description="relative drop of AP that fires")
+    recall_tolerance: float = Field(0.1, ge=0, lt=1)
+    min_rows: int = Field(1000, ge=1)
+    min_frauds: int = Field(20, ge=1)
+    bins: int = Field(10, ge=2)
+
+
+class PipelineConfig(Section):
+    retries: int = Field(3, ge=0, description="attempts after the first for transient errors")
+    retry_backoff: float = Field(1.0, ge=0, description="seconds, doubled each attempt")
+    lock_timeout: float = Field(0, ge=0, description="seconds to wait for another execution")
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, gt=0, lt=65536)
+    workers: int = Field(1, ge=1)
+    reload_interval: float = Field(10.0, gt=0, description="seconds between champion checks")
+    max_payload_bytes: int = Field(5_000_000, gt=0)
+    max_rows: int = Field(10_000, gt=0)
+    api_key: SecretStr | None = Field(None, description="require header X-API-Key when set")
+
+
+class Settings(BaseSettings):
+    """Everything fraudops can be told. ``workspace`` is where fraudops.yaml lives."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FRAUDOPS_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    workspace: str = Field(".", description="local folder or fsspec URL (s3://bucket/prefix)")
+    data: DataConfig = Field(default_factory=DataConfig)
+    simulate: SimulateConfig = Field(default_factory=SimulateConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment variables win over the YAML file (passed as init values)."""
+        return (env_settings, init_settings)
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key in the message."""
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        value = e.get("input")
+        shown = "" if e["type"] == "extra_forbidden" or isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _unknown_env_keys(environ: dict[str, str]) -> list[str]:
+    """FRAUDOPS_* variables that name no setting (pydantic-settings would silently ignore them)."""
+    bad = []
+    for var in environ:
+        if not var.startswith("FRAUDOPS_"):
+            continue
+        model: type[BaseModel] | None = Settings
+        for part in var.removeprefix("FRAUDOPS_").lower().split("__"):
+            field = model.model_fields.get(part) if model else None
+            if field is None:
+                bad.append(var)
+                break
+            ann = field.annotation
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return bad
+
+
+def parse_settings(text: str | None, *, workspace: str, source: str = CONFIG_FILE) -> Settings:
+    """Settings from YAML text (None = defaults only) plus the environment."""
+    try:
+        raw = yaml.safe_load(text) if text else {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML: {e}") from e
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source} must be a mapping of settings, got {type(raw).__name__}")
+    if "workspace" in raw:
+        raise ConfigError(f"{source}: workspace: unknown key (the workspace is where the file lives)")
+    unknown = _unknown_env_keys(dict(os.environ))
+    if unknown:
+        raise ConfigError(f"unknown setting in environment: {', '.join(unknown)}")
+    try:
+        return Settings(**raw, workspace=workspace)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, f"{source} / FRAUDOPS_* environment")) from e
+
+
+def _describe(model: type[BaseModel], indent: int = 0) -> list[str]:
+    pad = "  " * indent
+    out: list[str] = []
+    for name, field in model.model_fields.items():
+        if name == "workspace":
+            continue
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.append(f"{pad}{name}:")
+            out += _describe(ann, indent + 1)
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, SecretStr):
+            default = default.get_secret_value()
+        if isinstance(default, dt.date):
+            default = default.isoformat()
+        dumped = yaml.safe_dump({name: default}, default_flow_style=True, width=1000).strip()[1:-1]
+        note = f"  # {field.description}" if field.description else ""
+        out.append(f"{pad}{dumped}{note}")
+    return out
+
+
+def default_yaml() -> str:
+    """A fraudops.yaml that documents every setting with its default."""
+    head = [
+        "# fraudops workspace configuration. Every key is optional; shown values are the defaults.",
+        "# Override any key with an environment variable: FRAUDOPS_<SECTION>__<KEY>, e.g.",
+        "# FRAUDOPS_TRAIN__TRAIN_DAYS=14 or FRAUDOPS_REGISTRY__TRACKING_URI=http://mlflow:5000",
+    ]
+    return "\n".join(head + _describe(Settings)) + "\n"
