@@ -73,10 +73,14 @@ class SimulateConfig(Section):
     start_date: dt.date = dt.date(2018, 4, 1)
     radius: float = Field(5.0, gt=0, description="a customer uses terminals closer than this")
     seed: int = 0
-    drift_start: dt.date | None = Field(None, description="from this day on, add the drifts below")
-    drift_amount_factor: float = Field(1.5, gt=0, description="genuine amounts are multiplied by this")
+    drift_start: dt.date | None = Field(
+        None, description="from this day on (included), add the drifts below; null = no drift"
+    )
+    drift_amount_factor: float = Field(
+        1.5, gt=0, description="amounts are multiplied by this before the fraud rules (so more are > 220)"
+    )
     drift_night_burst_cards: int = Field(
-        10, ge=0, description="cards a day hit by bursts of small night-time frauds (a new pattern)"
+        10, ge=0, description="cards a day hit by a burst of 5-15 frauds of 1-20 at 00:00-06:00 (scenario 4)"
     )
 
 
@@ -100,7 +104,9 @@ class TrainConfig(Section):
     train_days: int = Field(21, gt=0)
     delay_days: int = Field(7, ge=0)
     test_days: int = Field(7, gt=0)
-    validation_days: int = Field(4, ge=0, description="carved from the end of the training window")
+    validation_days: int = Field(3, ge=1, description="carved from the end of the training window")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="features kind: last share of rows for test")
+    validation_fraction: float = Field(0.2, gt=0, lt=1, description="features kind: share of the rest")
     candidates: list[Literal["logistic_regression", "xgboost"]] = ["logistic_regression", "xgboost"]
     xgboost: dict[str, Any] = Field(
         default_factory=lambda: {
@@ -197,7 +203,11 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
-class ConfigError(ValueError):
+class FraudopsError(Exception):
+    """A problem the user can fix (bad input, missing workspace, …): shown without a traceback."""
+
+
+class ConfigError(FraudopsError, ValueError):
     """A configuration problem, with the offending key in the message."""
 
 
@@ -280,3 +290,28 @@ def default_yaml() -> str:
         "# FRAUDOPS_TRAIN__TRAIN_DAYS=14 or FRAUDOPS_REGISTRY__TRACKING_URI=http://mlflow:5000",
     ]
     return "\n".join(head + _describe(Settings)) + "\n"
+
+
+def load_settings(workspace: str) -> Settings:
+    """The settings of an existing workspace (its fraudops.yaml plus the environment)."""
+    from fraudops.storage import Storage
+
+    storage = Storage(workspace)
+    if not storage.exists(CONFIG_FILE):
+        raise ConfigError(
+            f"{storage.uri()} is not a fraudops workspace (no {CONFIG_FILE}): run `fraudops init {workspace}`"
+        )
+    return parse_settings(storage.read_text(CONFIG_FILE), workspace=storage.url, source=storage.uri(CONFIG_FILE))
+
+
+def init_workspace(workspace: str) -> tuple[Settings, bool]:
+    """Create the seed bucket's layout and a documented fraudops.yaml (kept if present)."""
+    from fraudops.storage import Storage
+
+    storage = Storage(workspace)
+    created = not storage.exists(CONFIG_FILE)
+    if created:
+        storage.write_text(CONFIG_FILE, default_yaml())
+    settings = load_settings(workspace)
+    storage.init_layout()
+    return settings, created
