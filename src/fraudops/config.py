@@ -26,7 +26,9 @@ class Columns(Section):
     """Where each role lives in your files (so handbook and Kaggle names work without renaming)."""
 
     transaction_id: str | None = Field("TRANSACTION_ID", description="unique id; null = row number")
-    timestamp: str | None = Field("TX_DATETIME", description="event time (datetime, or seconds for features kind)")
+    timestamp: str | None = Field(
+        "TX_DATETIME", description="event time (datetime, or seconds for features kind)"
+    )
     customer_id: str = Field("CUSTOMER_ID", description="card / customer id (transactions kind)")
     terminal_id: str = Field("TERMINAL_ID", description="terminal / merchant id (transactions kind)")
     amount: str | None = Field("TX_AMOUNT", description="amount, must be >= 0")
@@ -255,9 +257,13 @@ def parse_settings(text: str | None, *, workspace: str, source: str = CONFIG_FIL
     if unknown:
         raise ConfigError(f"unknown setting in environment: {', '.join(unknown)}")
     try:
-        return Settings(**raw, workspace=workspace)
+        settings = Settings(**raw, workspace=workspace)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, f"{source} / FRAUDOPS_* environment")) from e
+    # the environment source beats init values, but the workspace is where the file was read from: a
+    # FRAUDOPS_WORKSPACE (the CLI's --workspace default) must not redirect the data elsewhere
+    settings.workspace = workspace
+    return settings
 
 
 def _describe(model: type[BaseModel], indent: int = 0) -> list[str]:
@@ -301,7 +307,9 @@ def load_settings(workspace: str) -> Settings:
         raise ConfigError(
             f"{storage.uri()} is not a fraudops workspace (no {CONFIG_FILE}): run `fraudops init {workspace}`"
         )
-    return parse_settings(storage.read_text(CONFIG_FILE), workspace=storage.url, source=storage.uri(CONFIG_FILE))
+    return parse_settings(
+        storage.read_text(CONFIG_FILE), workspace=storage.url, source=storage.uri(CONFIG_FILE)
+    )
 
 
 def init_workspace(workspace: str) -> tuple[Settings, bool]:

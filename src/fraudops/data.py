@@ -135,7 +135,9 @@ def validate(
     """
     problems: list[Problem] = []
     if df.height == 0:
-        return Validated(df.with_columns(pl.lit("empty file").alias(ROW_ERROR)), [Problem(source, None, "empty file")])
+        return Validated(
+            df.with_columns(pl.lit("empty file").alias(ROW_ERROR)), [Problem(source, None, "empty file")]
+        )
     names = role_columns(cfg)
     required = {
         name: canon
@@ -165,17 +167,26 @@ def validate(
         mask = mask.fill_null(False)
         if mask.any():
             problems.append(Problem(source, column, message, int(mask.sum()), _examples(shown.filter(mask))))
-            errors = pl.select(
-                pl.when(errors.is_null() & mask).then(pl.lit(f"{column}: {message}")).otherwise(errors)
-            ).to_series()
+            errors = (
+                pl.select(
+                    pl.when(errors.is_null() & mask).then(pl.lit(f"{column}: {message}")).otherwise(errors)
+                )
+                .to_series()
+                .alias(ROW_ERROR)
+            )
 
     file_name = {canon: name for name, canon in present.items()}
     casts: dict[str, pl.Expr] = {}
     if TX_TIME in out.columns:
         t = out[TX_TIME]
-        if cfg.kind == "transactions" or t.dtype == pl.String:
+        # features kind: a text column of numbers (one bad cell makes a CSV column text) is still seconds
+        as_seconds = t.dtype == pl.String and t.cast(pl.Float64, strict=False).is_not_null().any()
+        if cfg.kind == "transactions" or (t.dtype == pl.String and not as_seconds):
             if t.dtype == pl.String:
-                parsed = t.str.strip_chars().str.to_datetime(strict=False, time_unit="us")
+                try:
+                    parsed = t.str.strip_chars().str.to_datetime(strict=False, time_unit="us")
+                except pl.exceptions.ComputeError:  # polars found no date format in the values at all
+                    parsed = pl.Series([None] * n, dtype=pl.Datetime("us"))
             elif t.dtype.is_temporal():
                 parsed = t.cast(pl.Datetime("us"))
             else:
@@ -198,13 +209,21 @@ def validate(
             mark(num < 0, name, "negative amount", raw)
         casts[col] = pl.lit(num)
     if cfg.kind == "features" and cfg.columns.amount in out.columns and cfg.columns.amount in feats:
-        mark(out[cfg.columns.amount].cast(pl.Float64, strict=False) < 0, cfg.columns.amount, "negative amount",
-             out[cfg.columns.amount])
+        mark(
+            out[cfg.columns.amount].cast(pl.Float64, strict=False) < 0,
+            cfg.columns.amount,
+            "negative amount",
+            out[cfg.columns.amount],
+        )
     if LABEL in out.columns:
         raw = out[LABEL]
         num = raw.cast(pl.Float64, strict=False)
-        mark(raw.is_not_null() & (num.is_null() | ~num.is_in([0.0, 1.0])), file_name[LABEL], "label not in {0, 1}",
-             raw)
+        mark(
+            raw.is_not_null() & (num.is_null() | ~num.is_in([0.0, 1.0])),
+            file_name[LABEL],
+            "label not in {0, 1}",
+            raw,
+        )
         if require_label:
             mark(raw.is_null(), file_name[LABEL], "missing label", raw)
         casts[LABEL] = pl.when(pl.lit(num).is_in([0.0, 1.0])).then(pl.lit(num)).otherwise(None).cast(pl.Int8)
@@ -215,7 +234,8 @@ def validate(
     if TX_ID in out.columns:
         ids = out[TX_ID]
         mark(ids.is_null(), file_name[TX_ID], "missing id", ids)
-        mark(ids.is_duplicated() & ~ids.is_first_distinct(), file_name[TX_ID], "duplicate id", ids)
+        repeated = ids.is_not_null() & ids.is_duplicated() & ~ids.is_first_distinct()
+        mark(repeated, file_name[TX_ID], "duplicate id", ids)
     else:
         casts[TX_ID] = pl.int_range(0, n, dtype=pl.Int64)
     out = out.with_columns(**casts).with_columns(errors)
@@ -233,8 +253,14 @@ def read_source(path: str) -> pl.DataFrame:
         raise DataValidationError([Problem(path, None, f"cannot be read: {e}")]) from e
 
 
-def load_table(storage: Storage, rel: str, cfg: DataConfig, *, require_label: bool = False,
-               feature_columns: list[str] | None = None) -> Validated:
+def load_table(
+    storage: Storage,
+    rel: str,
+    cfg: DataConfig,
+    *,
+    require_label: bool = False,
+    feature_columns: list[str] | None = None,
+) -> Validated:
     try:
         df = storage.read_frame(rel)
     except StorageError:
@@ -255,7 +281,9 @@ def table_files(storage: Storage, folder: str) -> list[str]:
     return files
 
 
-def load_folder(storage: Storage, folders: Iterable[str], cfg: DataConfig, *, labelled_only: bool) -> pl.DataFrame:
+def load_folder(
+    storage: Storage, folders: Iterable[str], cfg: DataConfig, *, labelled_only: bool
+) -> pl.DataFrame:
     """All valid rows of every file in the folders, canonical; any invalid row is an error."""
     frames: list[pl.DataFrame] = []
     problems: list[Problem] = []
@@ -268,7 +296,7 @@ def load_folder(storage: Storage, folders: Iterable[str], cfg: DataConfig, *, la
                 continue
             frame = v.valid
             if cfg.kind == "features" and feature_columns is None:
-                feature_columns = feature_table_columns(storage.read_frame(rel).head(0), cfg)
+                feature_columns = model_inputs(frame, cfg)
             if labelled_only:
                 if LABEL not in frame.columns:
                     continue
@@ -280,7 +308,11 @@ def load_folder(storage: Storage, folders: Iterable[str], cfg: DataConfig, *, la
         return pl.DataFrame()
     df = pl.concat(frames, how="diagonal_relaxed")
     if cfg.kind == "transactions":
-        df = df.unique(TX_ID, keep="last", maintain_order=True).sort(TX_TIME)
+        if cfg.columns.transaction_id:
+            df = df.unique(TX_ID, keep="last", maintain_order=True).sort(TX_TIME)
+        else:  # ids are row numbers within each file: renumber instead of deduplicating
+            df = df.sort(TX_TIME, maintain_order=True)
+            df = df.with_columns(pl.int_range(0, pl.len(), dtype=pl.Int64).alias(TX_ID))
     elif TX_TIME in df.columns:
         df = df.sort(TX_TIME)
     return df
@@ -311,7 +343,9 @@ def fingerprint(df: pl.DataFrame) -> dict[str, object]:
     return out
 
 
-def import_files(storage: Storage, settings: Settings, paths: list[str], *, force: bool = False) -> list[dict]:
+def import_files(
+    storage: Storage, settings: Settings, paths: list[str], *, force: bool = False
+) -> list[dict]:
     """Validate every file first, then copy each into data/raw/; any problem and nothing is written."""
     problems: list[Problem] = []
     plans: list[tuple[str, str, pl.DataFrame]] = []
@@ -333,6 +367,8 @@ def import_files(storage: Storage, settings: Settings, paths: list[str], *, forc
         target = f"{RAW}/{name}"
         if storage.exists(target) and not force:
             problems.append(Problem(path, None, f"{storage.uri(target)} exists (use --force to replace it)"))
+        if any(t == target for _, t, _ in plans):
+            problems.append(Problem(path, None, f"another file to import is also named {name}"))
         plans.append((path, target, v.frame))
     if problems:
         raise DataValidationError(problems)
@@ -342,8 +378,12 @@ def import_files(storage: Storage, settings: Settings, paths: list[str], *, forc
         storage.write_bytes(target, Storage(folder or ".").read_bytes(name))
         labelled = frame.filter(pl.col(LABEL).is_not_null()) if LABEL in frame.columns else frame.head(0)
         results.append(
-            {"file": path, "to": storage.uri(target), "rows": frame.height,
-             "frauds": int(labelled[LABEL].sum()) if labelled.height else 0}
+            {
+                "file": path,
+                "to": storage.uri(target),
+                "rows": frame.height,
+                "frauds": int(labelled[LABEL].sum()) if labelled.height else 0,
+            }
         )
     return results
 

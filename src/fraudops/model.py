@@ -1,4 +1,4 @@
-"""The scoring model that every consumer shares: training writes it, MLflow carries it, batch and serve load it.
+"""The scoring model every consumer shares: training writes it, MLflow carries it, batch and serve load it.
 
 A :class:`FraudModel` holds its own preprocessing (standardisation for logistic regression), the
 estimator and the operating threshold, so ``fraud_probability`` and ``is_fraud`` are the same numbers in
@@ -82,7 +82,10 @@ class FraudModel:
             booster = xgboost.Booster()
             booster.load_model(str(folder / BOOSTER_FILE))
             booster.set_param({"nthread": 1})
-        arrays = {k: None if meta[k] is None else np.asarray(meta[k], dtype=np.float64) for k in ("mean", "scale", "coef")}
+        arrays = {
+            k: None if meta[k] is None else np.asarray(meta[k], dtype=np.float64)
+            for k in ("mean", "scale", "coef")
+        }
         return cls(
             kind=meta["kind"],
             feature_names=meta["feature_names"],

@@ -50,8 +50,11 @@ def tracking_uri(settings: Settings) -> str:
 
 def artifact_root(settings: Settings) -> str:
     storage = Storage(settings.workspace)
-    return storage.uri("prod_outputs/mlflow") if not storage.is_local else Path(
-        storage.path("prod_outputs/mlflow")).resolve().as_uri()
+    return (
+        storage.uri("prod_outputs/mlflow")
+        if not storage.is_local
+        else Path(storage.path("prod_outputs/mlflow")).resolve().as_uri()
+    )
 
 
 def _check_reachable(uri: str) -> None:
@@ -106,8 +109,13 @@ def run_tags(step: str, execution_id: str | None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def step_run(settings: Settings, step: str, execution_id: str | None = None, parent_run_id: str | None = None,
-             run_name: str | None = None) -> Iterator[Any]:
+def step_run(
+    settings: Settings,
+    step: str,
+    execution_id: str | None = None,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+) -> Iterator[Any]:
     """An MLflow run for one step (nested under the execution's run when there is one)."""
     import mlflow
 
@@ -150,19 +158,22 @@ def log_model(model: FraudModel, input_example: Any) -> None:
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    return [f"{p}=={version(p)}" for p in ("mlflow", "numpy", "pandas", "polars", "scikit-learn", "xgboost")] + [
-        f"fraudops=={__version__}"
-    ]
+    return [
+        f"{p}=={version(p)}" for p in ("mlflow", "numpy", "pandas", "polars", "scikit-learn", "xgboost")
+    ] + [f"fraudops=={__version__}"]
 
 
-def log_training(result: Any, settings: Settings, *, execution_id: str | None = None,
-                 parent_run_id: str | None = None) -> str:
+def log_training(
+    result: Any, settings: Settings, *, execution_id: str | None = None, parent_run_id: str | None = None
+) -> str:
     """Log a TrainResult: params, metrics, curves, data fingerprint and the model. Returns the run id."""
     import mlflow
 
     from fraudops import evaluate
 
-    with step_run(settings, "train", execution_id, parent_run_id, run_name=f"train-{result.model.kind}") as run:
+    with step_run(
+        settings, "train", execution_id, parent_run_id, run_name=f"train-{result.model.kind}"
+    ) as run:
         cfg = settings.train
         mlflow.log_params(
             {
@@ -235,7 +246,11 @@ def register(settings: Settings, run_id: str, execution_id: str | None = None) -
         raise FraudopsError(f"run {run_id} is not a train run")
     if REGISTERED_TAG in run.data.tags:
         raise FraudopsError(f"run {run_id} is already registered as version {run.data.tags[REGISTERED_TAG]}")
-    tags = {f"metric.{k.removeprefix('test_')}": f"{v:.6g}" for k, v in run.data.metrics.items() if k.startswith("test_")}
+    tags = {
+        f"metric.{k.removeprefix('test_')}": f"{v:.6g}"
+        for k, v in run.data.metrics.items()
+        if k.startswith("test_")
+    }
     tags.update({k: v for k, v in run.data.tags.items() if k.startswith("data.")})
     tags["fraudops.run_id"] = run_id
     tags["fraudops.threshold"] = run.data.params.get("threshold", "")
@@ -294,12 +309,19 @@ def tag_version(settings: Settings, version: int | str, tags: dict[str, str]) ->
         c.set_model_version_tag(settings.registry.model_name, str(version), k, v)
 
 
-def log_decision(settings: Settings, decision: dict[str, Any], step: str, execution_id: str | None,
-                 parent_run_id: str | None) -> str:
+def log_decision(
+    settings: Settings,
+    decision: dict[str, Any],
+    step: str,
+    execution_id: str | None,
+    parent_run_id: str | None,
+) -> str:
     import mlflow
 
     with step_run(settings, step, execution_id, parent_run_id) as run:
-        mlflow.set_tags({"decision": decision["decision"], "decision.reasons": "; ".join(decision["reasons"])[:5000]})
+        mlflow.set_tags(
+            {"decision": decision["decision"], "decision.reasons": "; ".join(decision["reasons"])[:5000]}
+        )
         for who in ("challenger", "champion"):
             if decision.get(who):
                 mlflow.log_metrics(_flat(f"{who}.", decision[who]["metrics"]))
@@ -388,8 +410,9 @@ def _score_window(model: FraudModel, window: Any, settings: Settings) -> tuple[n
 
     p = model.predict_proba(window)
     y = window[LABEL].to_numpy()
-    metrics = evaluate.evaluate(y, p, model.threshold, costs=settings.train.threshold, frame=window,
-                                k=settings.train.top_k)
+    metrics = evaluate.evaluate(
+        y, p, model.threshold, costs=settings.train.threshold, frame=window, k=settings.train.top_k
+    )
     return p, metrics
 
 
@@ -399,13 +422,23 @@ def evaluation_window(settings: Settings, storage: Storage) -> tuple[Any, dict[s
 
     df = data.load_labelled(storage, settings)
     if df.height == 0:
-        raise FraudopsError("no labelled data to compare models on (data/raw/, monitoring_inputs/current_data/)")
+        raise FraudopsError(
+            "no labelled data to compare models on (data/raw/, monitoring_inputs/current_data/)"
+        )
     parts = train.split(df, settings, latest=True)
     return parts.test, parts.windows
 
 
-def write_reference(storage: Storage, settings: Settings, version: int, model: FraudModel, window: Any,
-                    scores: np.ndarray, metrics: dict[str, float], windows: dict[str, str]) -> None:
+def write_reference(
+    storage: Storage,
+    settings: Settings,
+    version: int,
+    model: FraudModel,
+    window: Any,
+    scores: np.ndarray,
+    metrics: dict[str, float],
+    windows: dict[str, str],
+) -> None:
     """The champion's held-out features, scores and test metrics: what monitoring compares against."""
     import datetime as dt
 
@@ -430,21 +463,33 @@ def write_reference(storage: Storage, settings: Settings, version: int, model: F
 
 
 def _decision(kind: str, promote: bool, reasons: list[str], **extra: Any) -> dict[str, Any]:
-    return {"decision": kind if promote or kind != "promoted" else "rejected", "promoted": promote,
-            "reasons": reasons, **extra}
+    return {
+        "decision": kind if promote or kind != "promoted" else "rejected",
+        "promoted": promote,
+        "reasons": reasons,
+        **extra,
+    }
 
 
-def select_champion(settings: Settings, storage: Storage, execution_id: str | None = None,
-                    parent_run_id: str | None = None) -> dict[str, Any]:
+def select_champion(
+    settings: Settings, storage: Storage, execution_id: str | None = None, parent_run_id: str | None = None
+) -> dict[str, Any]:
     """Score challenger and champion on the same recent window; promote by the rule; record why."""
     challenger = version_by_alias(settings, CHALLENGER)
     if challenger is None:
-        raise FraudopsError(f"no '{CHALLENGER}' version of {settings.registry.model_name}: run `fraudops register`")
+        raise FraudopsError(
+            f"no '{CHALLENGER}' version of {settings.registry.model_name}: run `fraudops register`"
+        )
     champion = version_by_alias(settings, CHAMPION)
     ch_v = int(challenger.version)
     if champion is not None and int(champion.version) == ch_v:
-        return {"decision": "unchanged", "promoted": False, "reasons": [f"version {ch_v} is already champion"],
-                "challenger": {"version": ch_v}, "champion": {"version": ch_v}}
+        return {
+            "decision": "unchanged",
+            "promoted": False,
+            "reasons": [f"version {ch_v} is already champion"],
+            "challenger": {"version": ch_v},
+            "champion": {"version": ch_v},
+        }
     window, windows = evaluation_window(settings, storage)
     ch_model = load_model(settings, ch_v)
     p_ch, m_ch = _score_window(ch_model, window, settings)
@@ -453,17 +498,31 @@ def select_champion(settings: Settings, storage: Storage, execution_id: str | No
         _, m_champ = _score_window(load_model(settings, champion.version), window, settings)
     promote, reasons = promotion_decision(m_ch, m_champ, settings.registry)
     decision = _decision(
-        "promoted", promote, reasons, window=windows,
+        "promoted",
+        promote,
+        reasons,
+        window=windows,
         challenger={"version": ch_v, "metrics": m_ch},
         champion={"version": int(champion.version), "metrics": m_champ} if champion is not None else None,
     )
     if promote:
         write_reference(storage, settings, ch_v, ch_model, window, p_ch, m_ch, windows)
-        set_aliases(settings, {CHAMPION: ch_v, CHALLENGER: None,
-                               PREVIOUS: int(champion.version) if champion is not None else None})
-    tag_version(settings, ch_v, {"fraudops.decision": decision["decision"],
-                                 "fraudops.decision_reasons": "; ".join(reasons)[:5000]})
-    decision["run_id"] = log_decision(settings, json_safe(decision), "select_champion", execution_id, parent_run_id)
+        set_aliases(
+            settings,
+            {
+                CHAMPION: ch_v,
+                CHALLENGER: None,
+                PREVIOUS: int(champion.version) if champion is not None else None,
+            },
+        )
+    tag_version(
+        settings,
+        ch_v,
+        {"fraudops.decision": decision["decision"], "fraudops.decision_reasons": "; ".join(reasons)[:5000]},
+    )
+    decision["run_id"] = log_decision(
+        settings, json_safe(decision), "select_champion", execution_id, parent_run_id
+    )
     return decision
 
 
@@ -472,38 +531,62 @@ def rollback(settings: Settings, storage: Storage, execution_id: str | None = No
     previous = version_by_alias(settings, PREVIOUS)
     champion = version_by_alias(settings, CHAMPION)
     if previous is None:
-        raise FraudopsError(f"no '{PREVIOUS}' version of {settings.registry.model_name}: nothing to roll back to")
+        raise FraudopsError(
+            f"no '{PREVIOUS}' version of {settings.registry.model_name}: nothing to roll back to"
+        )
     window, windows = evaluation_window(settings, storage)
     model = load_model(settings, previous.version)
     p, metrics = _score_window(model, window, settings)
     write_reference(storage, settings, int(previous.version), model, window, p, metrics, windows)
-    set_aliases(settings, {CHAMPION: int(previous.version),
-                           PREVIOUS: int(champion.version) if champion is not None else None})
-    reasons = [f"rollback requested: version {previous.version} restored"
-               + (f", version {champion.version} demoted" if champion is not None else "")]
+    set_aliases(
+        settings,
+        {CHAMPION: int(previous.version), PREVIOUS: int(champion.version) if champion is not None else None},
+    )
+    reasons = [
+        f"rollback requested: version {previous.version} restored"
+        + (f", version {champion.version} demoted" if champion is not None else "")
+    ]
     tag_version(settings, previous.version, {"fraudops.decision": "rolled_back_to"})
-    decision = {"decision": "rollback", "promoted": True, "reasons": reasons,
-                "challenger": {"version": int(previous.version), "metrics": metrics},
-                "champion": {"version": int(champion.version)} if champion is not None else None}
+    decision = {
+        "decision": "rollback",
+        "promoted": True,
+        "reasons": reasons,
+        "challenger": {"version": int(previous.version), "metrics": metrics},
+        "champion": {"version": int(champion.version)} if champion is not None else None,
+    }
     decision["run_id"] = log_decision(settings, json_safe(decision), "rollback", execution_id, None)
     return decision
 
 
-def register_step(settings: Settings, storage: Storage, *, execution_id: str | None = None,
-                  parent_run_id: str | None = None, previous: dict[str, dict] | None = None,
-                  run_id: str | None = None) -> dict[str, Any]:
+def register_step(
+    settings: Settings,
+    storage: Storage,
+    *,
+    execution_id: str | None = None,
+    parent_run_id: str | None = None,
+    previous: dict[str, dict] | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
     """Register the run trained in this execution (or the newest unregistered one) as challenger."""
     import mlflow
 
-    run_id = run_id or (previous or {}).get("train", {}).get("run_id") or latest_unregistered_train_run(settings)
+    run_id = (
+        run_id or (previous or {}).get("train", {}).get("run_id") or latest_unregistered_train_run(settings)
+    )
     out = register(settings, run_id, execution_id)
     with step_run(settings, "register", execution_id, parent_run_id):
         mlflow.log_params({"version": out["version"], "source_run_id": run_id})
     return out
 
 
-def select_champion_step(settings: Settings, storage: Storage, *, execution_id: str | None = None,
-                         parent_run_id: str | None = None, previous: dict[str, dict] | None = None) -> dict[str, Any]:
+def select_champion_step(
+    settings: Settings,
+    storage: Storage,
+    *,
+    execution_id: str | None = None,
+    parent_run_id: str | None = None,
+    previous: dict[str, dict] | None = None,
+) -> dict[str, Any]:
     d = select_champion(settings, storage, execution_id, parent_run_id)
     champion = version_by_alias(settings, CHAMPION)
     return {

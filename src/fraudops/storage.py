@@ -40,7 +40,9 @@ class Storage:
         self.url = url.rstrip("/") or "/"
         self.fs, root = fsspec.core.url_to_fs(self.url)
         self.root = root.rstrip("/") or "/"
-        self.is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self.is_local = "file" in (
+            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        )
         if self.is_local:
             self.url = self.root
 

@@ -74,12 +74,13 @@ def plan_windows(first: dt.date, last: dt.date, cfg: TrainConfig) -> dict[str, d
     }
     if cfg.validation_days >= cfg.train_days:
         raise FraudopsError(
-            f"train.validation_days ({cfg.validation_days}) must be smaller than train.train_days ({cfg.train_days})"
+            f"train.validation_days ({cfg.validation_days}) must be smaller than "
+            f"train.train_days ({cfg.train_days})"
         )
     if start < first or _day(w["test_end"], -1) > last:
         raise FraudopsError(
-            f"the windows {start}..{_day(w['test_end'], -1)} (train {cfg.train_days} d, delay {cfg.delay_days} d, "
-            f"test {cfg.test_days} d) fall outside the labelled data, which covers {first}..{last}"
+            f"the windows {start}..{_day(w['test_end'], -1)} (train {cfg.train_days} d, "
+            f"delay {cfg.delay_days} d, test {cfg.test_days} d) fall outside the labelled data, which covers {first}..{last}"
         )
     return w
 
@@ -87,11 +88,6 @@ def plan_windows(first: dt.date, last: dt.date, cfg: TrainConfig) -> dict[str, d
 def _between(df: pl.DataFrame, start: dt.date, end: dt.date) -> pl.DataFrame:
     day = pl.col(TX_TIME).dt.date()
     return df.filter((day >= start) & (day < end))
-
-
-def _lookback(settings: Settings) -> int:
-    f = settings.features
-    return max([*f.customer_windows, *f.terminal_windows]) + max(f.delay_days, 1)
 
 
 def split_transactions(df: pl.DataFrame, settings: Settings, *, latest: bool = False) -> Split:
@@ -103,7 +99,8 @@ def split_transactions(df: pl.DataFrame, settings: Settings, *, latest: bool = F
     first, last = df[TX_TIME].min().date(), df[TX_TIME].max().date()  # type: ignore[union-attr]
     w = plan_windows(first, last, cfg)
     featured = features.add_features(
-        _between(df, _day(w["train_start"], -_lookback(settings)), w["test_end"]), settings.features
+        _between(df, _day(w["train_start"], -features.lookback_days(settings.features)), w["test_end"]),
+        settings.features,
     )
     fit = _between(featured, w["train_start"], w["valid_start"])
     valid = _between(featured, w["valid_start"], w["train_end"])
@@ -122,9 +119,9 @@ def split_table(df: pl.DataFrame, cfg: TrainConfig) -> Split:
     """Features kind: by time order (last rows for test), or stratified at random without a time column."""
     if TX_TIME in df.columns:
         df = df.sort(TX_TIME, maintain_order=True)
-        n_test = int(round(df.height * cfg.test_fraction))
+        n_test = round(df.height * cfg.test_fraction)
         rest, test = df.head(df.height - n_test), df.tail(n_test)
-        n_valid = int(round(rest.height * cfg.validation_fraction))
+        n_valid = round(rest.height * cfg.validation_fraction)
         fit, valid = rest.head(rest.height - n_valid), rest.tail(n_valid)
         how = "by time"
     else:
@@ -138,7 +135,12 @@ def split_table(df: pl.DataFrame, cfg: TrainConfig) -> Split:
         )
         fit, valid, test = df[np.sort(fit_idx)], df[np.sort(valid_idx)], df[np.sort(test_idx)]
         how = "stratified"
-    windows = {"split": how, "fit_rows": str(fit.height), "valid_rows": str(valid.height), "test_rows": str(test.height)}
+    windows = {
+        "split": how,
+        "fit_rows": str(fit.height),
+        "valid_rows": str(valid.height),
+        "test_rows": str(test.height),
+    }
     return Split(fit, valid, test, windows, n_valid_days=1.0)
 
 
@@ -178,13 +180,23 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, names: list[str], cfg: TrainConfi
     lr = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=cfg.seed)
     lr.fit((x - mean) / scale, y)
     return FraudModel(
-        "logistic_regression", names, 0.5, mean=mean, scale=scale, coef=lr.coef_[0].astype(np.float64),
+        "logistic_regression",
+        names,
+        0.5,
+        mean=mean,
+        scale=scale,
+        coef=lr.coef_[0].astype(np.float64),
         intercept=float(lr.intercept_[0]),
     )
 
 
 def fit_xgboost(
-    x: np.ndarray, y: np.ndarray, names: list[str], cfg: TrainConfig, *, eval_set: tuple | None = None,
+    x: np.ndarray,
+    y: np.ndarray,
+    names: list[str],
+    cfg: TrainConfig,
+    *,
+    eval_set: tuple | None = None,
     n_estimators: int | None = None,
 ) -> FraudModel:
     """Gradient-boosted trees; early stopping on validation PR AUC when an eval set is given."""
@@ -213,7 +225,9 @@ def fit_xgboost(
     return FraudModel("xgboost", names, 0.5, booster=booster, info={"n_estimators": best})
 
 
-def _fit(name: str, x: np.ndarray, y: np.ndarray, names: list[str], cfg: TrainConfig, **kw: Any) -> FraudModel:
+def _fit(
+    name: str, x: np.ndarray, y: np.ndarray, names: list[str], cfg: TrainConfig, **kw: Any
+) -> FraudModel:
     if name == "logistic_regression":
         return fit_logistic(x, y, names, cfg)
     return fit_xgboost(x, y, names, cfg, **kw)
@@ -232,9 +246,13 @@ def train_models(df: pl.DataFrame, settings: Settings) -> TrainResult:
     started = time.perf_counter()
     cfg = settings.train
     if df.height == 0 or LABEL not in df.columns:
-        raise FraudopsError("no labelled data: add labelled files to data/raw/ (fraudops data import / simulate)")
+        raise FraudopsError(
+            "no labelled data: add labelled files to data/raw/ (fraudops data import / simulate)"
+        )
     if df[LABEL].n_unique() < 2:
-        raise FraudopsError(f"the labelled data has one class only ({LABEL} = {df[LABEL][0]}): both are needed")
+        raise FraudopsError(
+            f"the labelled data has one class only ({LABEL} = {df[LABEL][0]}): both are needed"
+        )
     parts = split(df, settings)
     names = input_names(df, settings)
     _check_labels(parts, cfg)
@@ -260,7 +278,9 @@ def train_models(df: pl.DataFrame, settings: Settings) -> TrainResult:
         p_test = refit.predict_proba(x_test)
         candidates[name] = {
             "valid_average_precision": evaluate.average_precision(y_val, p_val),
-            "test": evaluate.evaluate(y_test, p_test, 0.5, costs=cfg.threshold, frame=test_frame, k=cfg.top_k),
+            "test": evaluate.evaluate(
+                y_test, p_test, 0.5, costs=cfg.threshold, frame=test_frame, k=cfg.top_k
+            ),
             "seconds": time.perf_counter() - t0,
             **({"n_estimators": refit.info["n_estimators"]} if "n_estimators" in refit.info else {}),
         }
@@ -269,14 +289,18 @@ def train_models(df: pl.DataFrame, settings: Settings) -> TrainResult:
     threshold, threshold_info = evaluate.choose_threshold(y_val, p_val, cfg.threshold, parts.n_valid_days)
     model.threshold = float(threshold)
     p_test = model.predict_proba(x_test)
-    metrics = evaluate.evaluate(y_test, p_test, model.threshold, costs=cfg.threshold, frame=test_frame, k=cfg.top_k)
+    metrics = evaluate.evaluate(
+        y_test, p_test, model.threshold, costs=cfg.threshold, frame=test_frame, k=cfg.top_k
+    )
     candidates[best]["test"] = metrics
     model.info.update({"candidate": best, "windows": parts.windows})
     data = {
         "fingerprint": fingerprint(df),
         "rows": {"fit": parts.fit.height, "valid": parts.valid.height, "test": parts.test.height},
         "frauds": {
-            "fit": int(y_fit.sum()), "valid": int(y_val.sum()), "test": int(y_test.sum()),
+            "fit": int(y_fit.sum()),
+            "valid": int(y_val.sum()),
+            "test": int(y_test.sum()),
         },
     }
     return TrainResult(
@@ -288,14 +312,22 @@ def train_models(df: pl.DataFrame, settings: Settings) -> TrainResult:
         data=data,
         y_test=y_test,
         p_test=p_test,
-        test_frame=parts.test.select([c for c in parts.test.columns if c in (*names, CUSTOMER, TX_TIME, LABEL)]),
+        test_frame=parts.test.select(
+            [c for c in parts.test.columns if c in (*names, CUSTOMER, TX_TIME, LABEL)]
+        ),
         importances=_importances(model),
         seconds=time.perf_counter() - started,
     )
 
 
-def train_step(settings: Settings, storage: Storage, *, execution_id: str | None = None,
-               parent_run_id: str | None = None, previous: dict[str, dict] | None = None) -> dict[str, Any]:
+def train_step(
+    settings: Settings,
+    storage: Storage,
+    *,
+    execution_id: str | None = None,
+    parent_run_id: str | None = None,
+    previous: dict[str, dict] | None = None,
+) -> dict[str, Any]:
     """The pipeline's train step: labelled data in, a tracked MLflow run out."""
     from fraudops import data, registry
 

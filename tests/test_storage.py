@@ -1,0 +1,279 @@
+"""fraudops.storage: one code path for a local folder and any fsspec URL, with atomic writes.
+
+Every behaviour test runs twice: on a local folder and on fsspec's in-memory filesystem (``memory://``),
+which stands in for remote stores such as S3 (verified against S3 itself in a later issue).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from fraudops.storage import LAYOUT, TABLE_SUFFIXES, Storage, StorageError
+
+
+@pytest.fixture(params=["local", "memory"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    if request.param == "local":
+        yield Storage(str(tmp_path / "ws"))
+        return
+    url = f"memory://fraudops-test-{uuid.uuid4().hex}/ws"
+    s = Storage(url)
+    yield s
+    if s.fs.exists(s.root):
+        s.fs.rm(s.root, recursive=True)
+
+
+def all_names(s: Storage, rel: str) -> list[str]:
+    """Every entry of a folder, hidden ones included (unlike Storage.ls)."""
+    if not s.fs.isdir(s.path(rel)):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in s.fs.ls(s.path(rel), detail=False))
+
+
+FRAME = pl.DataFrame(
+    {
+        "TRANSACTION_ID": [3, 1, 2],
+        "CUSTOMER_ID": [10, 11, 10],
+        "TX_AMOUNT": [1.5, 0.0, 1234.25],
+        "NAME": ["a", "b", None],
+    }
+)
+
+
+# ---------------------------------------------------------------- construction
+
+
+def test_local_and_remote_urls(tmp_path: Path) -> None:
+    local = Storage(str(tmp_path) + "/")
+    assert local.is_local
+    assert local.url == str(tmp_path)
+    assert local.uri("data/raw/a.csv") == f"{tmp_path}/data/raw/a.csv"
+    assert Storage(f"file://{tmp_path}").url == str(tmp_path)
+    assert Storage(f"file://{tmp_path}").is_local
+
+    mem = Storage("memory://bucket/prefix/")
+    assert not mem.is_local
+    assert mem.url == "memory://bucket/prefix"
+    assert mem.path("data/raw/") == "/bucket/prefix/data/raw"
+    assert mem.uri("data/raw/a.csv").startswith("memory://")
+    assert mem.uri("data/raw/a.csv").endswith("/bucket/prefix/data/raw/a.csv")
+
+
+def test_relative_local_path_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Storage(".").url == str(tmp_path)
+    assert Storage("sub").path("x.csv") == f"{tmp_path}/sub/x.csv"
+
+
+# ---------------------------------------------------------------- read / write
+
+
+def test_bytes_text_json_round_trip(storage: Storage) -> None:
+    storage.write_bytes("a/b/blob.bin", b"\x00\x01binary\xff")
+    assert storage.read_bytes("a/b/blob.bin") == b"\x00\x01binary\xff"
+    assert storage.size("a/b/blob.bin") == 9
+
+    storage.write_text("notes.txt", "héllo\nwörld")
+    assert storage.read_text("notes.txt") == "héllo\nwörld"
+
+    obj = {"n": 1, "x": [1.5, None], "nested": {"ok": True}}
+    storage.write_json("out/decision.json", obj)
+    assert storage.read_json("out/decision.json") == obj
+    # dates (and anything else json cannot encode) are written as strings
+    storage.write_json("out/dated.json", {"day": dt.date(2018, 4, 1)})
+    assert storage.read_json("out/dated.json") == {"day": "2018-04-01"}
+
+
+def test_overwrite_replaces_content(storage: Storage) -> None:
+    storage.write_text("x.txt", "first, long content")
+    storage.write_text("x.txt", "second")
+    assert storage.read_text("x.txt") == "second"
+    assert all_names(storage, "") == ["x.txt"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".CSV", ".Parquet"])
+def test_frame_round_trip(storage: Storage, suffix: str) -> None:
+    storage.write_frame(f"data/raw/t{suffix}", FRAME)
+    assert_frame_equal(storage.read_frame(f"data/raw/t{suffix}"), FRAME)
+    assert_frame_equal(
+        storage.read_frame(f"data/raw/t{suffix}", columns=["TX_AMOUNT", "TRANSACTION_ID"]),
+        FRAME.select("TX_AMOUNT", "TRANSACTION_ID"),
+    )
+
+
+def test_parquet_keeps_types_csv_keeps_text(storage: Storage) -> None:
+    df = pl.DataFrame(
+        {"TX_DATETIME": [dt.datetime(2018, 4, 1, 0, 0, 31)], "TX_FRAUD": pl.Series([1], dtype=pl.Int8)}
+    )
+    storage.write_frame("t.parquet", df)
+    assert_frame_equal(storage.read_frame("t.parquet"), df)
+    # CSV timestamps stay text: parsing them is validation's job (fraudops.data), not storage's
+    storage.write_frame("t.csv", df)
+    assert storage.read_frame("t.csv").schema["TX_DATETIME"] == pl.String
+
+
+def test_unknown_frame_suffix(storage: Storage) -> None:
+    with pytest.raises(StorageError, match="unknown file type"):
+        storage.write_frame("t.json", FRAME)
+    assert not storage.exists("t.json")
+    storage.write_text("t.txt", "a,b\n1,2\n")
+    with pytest.raises(StorageError, match="unknown file type"):
+        storage.read_frame("t.txt")
+
+
+def test_missing_file(storage: Storage) -> None:
+    with pytest.raises(StorageError, match="no such file") as info:
+        storage.read_bytes("nope/missing.csv")
+    assert "missing.csv" in str(info.value)
+    with pytest.raises(StorageError):
+        storage.read_frame("missing.parquet")
+    assert not storage.exists("nope/missing.csv")
+
+
+def test_exists_delete(storage: Storage) -> None:
+    storage.write_text("d/a.txt", "a")
+    storage.write_text("d/sub/b.txt", "b")
+    assert storage.exists("d/a.txt")
+    storage.delete("d/a.txt")
+    assert not storage.exists("d/a.txt")
+    storage.delete("d/a.txt")  # deleting what is not there is fine
+    storage.delete("d", recursive=True)
+    assert not storage.exists("d/sub/b.txt")
+
+
+# ---------------------------------------------------------------- listing
+
+
+def test_ls_sorted_skips_hidden_folders_and_filters_suffix(storage: Storage) -> None:
+    for name in ["b.parquet", "a.csv", "C.CSV", "notes.txt", ".hidden.csv", ".b.parquet.tmp-1234"]:
+        storage.write_bytes(f"data/raw/{name}", b"x")
+    storage.write_bytes("data/raw/sub/inner.csv", b"x")
+    assert storage.ls("data/raw") == [
+        "data/raw/C.CSV",
+        "data/raw/a.csv",
+        "data/raw/b.parquet",
+        "data/raw/notes.txt",
+    ]
+    assert storage.ls("data/raw/", TABLE_SUFFIXES) == [
+        "data/raw/C.CSV",
+        "data/raw/a.csv",
+        "data/raw/b.parquet",
+    ]
+    assert storage.ls("/data/raw", (".parquet",)) == ["data/raw/b.parquet"]
+    assert storage.ls("data") == []  # folders are not files
+    assert storage.ls("does/not/exist") == []
+
+
+def test_ls_of_root(storage: Storage) -> None:
+    storage.write_text("top.txt", "x")
+    assert storage.ls("") == ["top.txt"]
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+class Boom(Exception):
+    pass
+
+
+def test_failed_write_leaves_nothing(storage: Storage) -> None:
+    with pytest.raises(Boom), storage.open_write("out/result.parquet") as f:
+        f.write(b"half of a file")
+        raise Boom
+    assert not storage.exists("out/result.parquet")
+    assert all_names(storage, "out") == []  # no temporary file either
+
+
+def test_failed_overwrite_keeps_the_old_file(storage: Storage) -> None:
+    storage.write_text("out/result.json", '{"ok": true}')
+    with pytest.raises(Boom), storage.open_write("out/result.json") as f:
+        f.write(b'{"ok": fa')
+        raise Boom
+    assert storage.read_json("out/result.json") == {"ok": True}
+    assert all_names(storage, "out") == ["result.json"]
+
+
+def test_write_is_invisible_until_complete(storage: Storage) -> None:
+    with storage.open_write("data/raw/day.csv") as f:
+        f.write(b"a,b\n")
+        # under its final name nothing exists yet, and listings skip the temporary file
+        assert not storage.exists("data/raw/day.csv")
+        assert storage.ls("data/raw") == []
+        hidden = all_names(storage, "data/raw")
+        assert len(hidden) == 1
+        assert hidden[0].startswith(".day.csv.tmp-")
+        f.write(b"1,2\n")
+    assert storage.read_bytes("data/raw/day.csv") == b"a,b\n1,2\n"
+    assert all_names(storage, "data/raw") == ["day.csv"]
+
+
+def test_failed_write_frame_leaves_nothing(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage.write_frame("t.parquet", FRAME)
+
+    def broken(self: Storage, rel: str, data: bytes) -> None:
+        with self.open_write(rel) as f:
+            f.write(data[: len(data) // 2])
+            raise Boom
+
+    monkeypatch.setattr(Storage, "write_bytes", broken)
+    with pytest.raises(Boom):
+        storage.write_frame("t.parquet", FRAME.head(1))
+    assert_frame_equal(storage.read_frame("t.parquet"), FRAME)
+    assert all_names(storage, "") == ["t.parquet"]
+
+
+def test_keyboard_interrupt_also_cleans_up(storage: Storage) -> None:
+    with pytest.raises(KeyboardInterrupt), storage.open_write("x.bin") as f:
+        f.write(b"x")
+        raise KeyboardInterrupt
+    assert all_names(storage, "") == []
+
+
+# ---------------------------------------------------------------- layout
+
+
+def test_layout_is_the_seed_bucket() -> None:
+    assert set(LAYOUT) == {
+        "data/raw",
+        "prod_inputs",
+        "prod_outputs/predictions",
+        "monitoring_inputs/reference",
+        "monitoring_inputs/current_data",
+        "monitoring_outputs/drift",
+        "monitoring_outputs/metrics",
+        "monitoring_outputs/retraining_decision",
+    }
+
+
+def test_init_layout(storage: Storage) -> None:
+    storage.init_layout()
+    for rel in LAYOUT:
+        assert storage.fs.isdir(storage.path(rel)), rel
+    storage.write_text("data/raw/keep.txt", "x")
+    storage.init_layout()  # idempotent, keeps content
+    assert storage.read_text("data/raw/keep.txt") == "x"
+
+
+def test_memory_url_is_the_same_code_path() -> None:
+    """The non-local path: a fresh Storage on the same URL sees what another wrote (shared fsspec store)."""
+    url = f"memory://fraudops-test-{uuid.uuid4().hex}"
+    try:
+        Storage(url).write_frame("data/raw/2018-04-01.parquet", FRAME)
+        other = Storage(url + "/")
+        assert other.ls("data/raw", TABLE_SUFFIXES) == ["data/raw/2018-04-01.parquet"]
+        assert_frame_equal(other.read_frame("data/raw/2018-04-01.parquet"), FRAME)
+        fs = fsspec.filesystem("memory")
+        assert fs.exists(other.path("data/raw/2018-04-01.parquet"))
+    finally:
+        fs = fsspec.filesystem("memory")
+        root = Storage(url).root
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
