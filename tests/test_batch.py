@@ -1,0 +1,480 @@
+"""Batch inference: naming, columns, predictions, chunked CSV, rejects, fail mode, re-runs and errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import posixpath
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fraudops import batch, data, features, registry, simulate
+from fraudops.batch import (
+    INPUTS,
+    OUTPUT_COLUMNS,
+    PREDICTIONS,
+    BatchError,
+    batch_step,
+    output_name,
+    rejects_name,
+    scoring_model,
+)
+from fraudops.config import FraudopsError, Settings, SimulateConfig, init_workspace, load_settings
+from fraudops.data import LABEL, SCENARIO, DataValidationError, to_file_columns
+from fraudops.storage import Storage
+from fraudops.train import train_step
+
+SMALL_XGB = {"n_estimators": 30, "max_depth": 3, "early_stopping_rounds": 10}
+KAGGLE_FEATURES = [f"V{i}" for i in range(1, 29)] + ["Amount"]
+
+
+def _train_register_promote(settings: Settings, storage: Storage) -> None:
+    """A small XGBoost champion (the configured defaults, fewer and shallower trees)."""
+    settings.train.candidates = ["xgboost"]
+    settings.train.min_frauds = 5
+    settings.train.xgboost = {**settings.train.xgboost, **SMALL_XGB}
+    train_step(settings, storage)
+    registry.register_step(settings, storage)
+    out = registry.select_champion_step(settings, storage)
+    assert out["champion_version"] is not None, out
+
+
+def _settings(ws: Path) -> tuple[Settings, Storage]:
+    settings = load_settings(str(ws))
+    return settings, Storage(settings.workspace)
+
+
+@pytest.fixture(scope="module")
+def tx_ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Transactions kind: 67 simulated days in data/raw/, the last 3 kept back (unlabelled) to score."""
+    ws = tmp_path_factory.mktemp("tx") / "ws"
+    ws.mkdir()
+    settings, _ = init_workspace(str(ws))
+    storage = Storage(settings.workspace)
+    df = simulate.simulate(SimulateConfig(n_customers=300, n_terminals=600, n_days=70))
+    days = list(simulate.iter_days(df))
+    for day, frame in days[:-3]:
+        storage.write_frame(
+            f"{data.RAW}/{simulate.day_file_name(day)}", to_file_columns(frame, settings.data)
+        )
+    _train_register_promote(settings, storage)
+    held_out = {day: frame.drop(LABEL, SCENARIO) for day, frame in days[-3:]}
+    return {"ws": ws, "days": held_out}
+
+
+def kaggle_like(n: int, seed: int, start: float = 0.0) -> pl.DataFrame:
+    """Kaggle creditcard.csv's columns: Time, V1..V28, Amount, Class (about 4 % fraud, learnable)."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((n, 28))
+    amount = np.round(rng.lognormal(3.0, 1.0, n), 2)
+    logit = -4.0 + 2.0 * v[:, 0] - 1.5 * v[:, 1]
+    fraud = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    cols: dict[str, Any] = {"Time": start + np.arange(n, dtype=np.float64) * 10}
+    cols.update({f"V{i + 1}": v[:, i] for i in range(28)})
+    return pl.DataFrame({**cols, "Amount": amount, "Class": fraud})
+
+
+@pytest.fixture(scope="module")
+def feat_ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Features kind (Kaggle-like columns): a labelled table in data/raw/, a champion trained on it."""
+    ws = tmp_path_factory.mktemp("feat") / "ws"
+    ws.mkdir()
+    (ws / "fraudops.yaml").write_text("data: {kind: features}\n")
+    settings, _ = init_workspace(str(ws))
+    storage = Storage(settings.workspace)
+    storage.write_frame(f"{data.RAW}/creditcard.csv", kaggle_like(4000, 0))
+    _train_register_promote(settings, storage)
+    return {"ws": ws}
+
+
+def _fresh(ws: Path) -> tuple[Settings, Storage]:
+    """The workspace with empty prod_inputs/ and prod_outputs/predictions/."""
+    settings, storage = _settings(ws)
+    for folder in (INPUTS, PREDICTIONS):
+        storage.delete(folder, recursive=True)
+        storage.makedirs(folder)
+    return settings, storage
+
+
+def _champion(settings: Settings) -> tuple[int, Any]:
+    version = int(registry.version_by_alias(settings, registry.CHAMPION).version)
+    return version, registry.load_model(settings, version)
+
+
+def _listing(storage: Storage, folder: str = PREDICTIONS) -> list[str]:
+    """Every name in a folder, hidden (temporary) ones included."""
+    return sorted(posixpath.basename(p) for p in storage.fs.ls(storage.path(folder), detail=False))
+
+
+# ------------------------------------------------------------------------------------------- naming
+
+
+def test_output_and_rejects_names():
+    assert output_name("prod_inputs/batch_input.csv") == "prod_outputs/predictions/batch_input.out.csv"
+    assert output_name("prod_inputs/day.2018.parquet") == "prod_outputs/predictions/day.2018.out.parquet"
+    assert (
+        rejects_name("prod_inputs/batch_input.csv") == "prod_outputs/predictions/batch_input.csv.rejects.csv"
+    )
+    assert rejects_name("prod_inputs/x.parquet") != rejects_name("prod_inputs/x.csv")
+
+
+# ------------------------------------------------------------------------------------ transactions
+
+
+def test_transactions_outputs_columns_and_predictions(tx_ws):
+    settings, storage = _fresh(tx_ws["ws"])
+    (d1, f1), (d2, f2) = list(tx_ws["days"].items())[:2]
+    storage.write_frame(f"{INPUTS}/{d1}.parquet", f1)
+    storage.write_frame(f"{INPUTS}/{d2}.csv", f2)
+
+    out = batch_step(settings, storage)
+
+    version, model = _champion(settings)
+    assert out["model_version"] == version
+    assert [f["input"] for f in out["files"]] == [f"{INPUTS}/{d1}.parquet", f"{INPUTS}/{d2}.csv"]
+    assert [f["output"] for f in out["files"]] == [
+        f"{PREDICTIONS}/{d1}.out.parquet",
+        f"{PREDICTIONS}/{d2}.out.csv",
+    ]
+    assert _listing(storage) == sorted([f"{d2}.out.csv", f"{d1}.out.parquet"])
+    assert out["totals"]["rows_scored"] == f1.height + f2.height
+    assert out["totals"]["rows_rejected"] == 0
+    assert out["totals"]["rows_flagged"] == sum(f["flagged"] for f in out["files"])
+    for f in out["files"]:
+        assert set(f) >= {"input", "output", "rows", "flagged", "rejected"}
+
+    history = data.load_history(storage, settings)
+    for (day, frame), suffix in ((d1, f1), ".parquet"), ((d2, f2), ".csv"):
+        result = storage.read_frame(f"{PREDICTIONS}/{day}.out{suffix}")
+        inputs = [c for c in frame.columns if c != "TRANSACTION_ID"]
+        assert result.columns == ["TRANSACTION_ID", *inputs, *OUTPUT_COLUMNS]
+        assert result.height == frame.height
+        assert result["TRANSACTION_ID"].to_list() == frame["TRANSACTION_ID"].to_list()
+        assert result["model_version"].unique().to_list() == [version]
+        assert result["scored_at"].n_unique() == 1
+        # the same numbers as the model on the same rows, features over the same history
+        canonical = data.validate(frame, settings.data, "x").valid
+        expected = model.predict_proba(features.features_for(canonical, history, settings.features))
+        np.testing.assert_allclose(result["fraud_probability"].to_numpy(), expected, rtol=1e-6, atol=1e-7)
+        assert (result["is_fraud"].to_numpy() == (expected >= model.threshold)).all()
+    assert dt.datetime.fromisoformat(out["scored_at"]).tzinfo is not None
+
+
+def test_transactions_rejects_and_join_columns(tx_ws):
+    settings, storage = _fresh(tx_ws["ws"])
+    settings.batch.join_columns = ["TX_AMOUNT"]
+    day, frame = next(iter(tx_ws["days"].items()))
+    broken = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == 3).then(-5.0).otherwise(pl.col("TX_AMOUNT")).alias("TX_AMOUNT"),
+        pl.when(pl.int_range(pl.len()) == 7).then(None).otherwise(pl.col("CUSTOMER_ID")).alias("CUSTOMER_ID"),
+    )
+    storage.write_frame(f"{INPUTS}/{day}.parquet", broken)
+
+    out = batch_step(settings, storage)
+
+    f = out["files"][0]
+    assert (f["rows"], f["rejected"]) == (frame.height - 2, 2)
+    assert f["rejects"] == f"{PREDICTIONS}/{day}.parquet.rejects.csv"
+    rejects = storage.read_frame(f["rejects"])
+    assert rejects["row_number"].to_list() == [3, 7]
+    assert rejects["TRANSACTION_ID"].to_list() == frame["TRANSACTION_ID"].gather([3, 7]).to_list()
+    assert rejects["reason"].to_list() == ["TX_AMOUNT: negative amount", "CUSTOMER_ID: missing id"]
+    result = storage.read_frame(f["output"])
+    assert result.columns == ["TRANSACTION_ID", "TX_AMOUNT", *OUTPUT_COLUMNS]
+    assert result.height == frame.height - 2
+
+
+# ---------------------------------------------------------------------------------------- features
+
+
+def _put_csv(storage: Storage, name: str, df: pl.DataFrame) -> str:
+    rel = f"{INPUTS}/{name}"
+    storage.write_frame(rel, df)
+    return rel
+
+
+def test_features_csv_chunked_one_header_and_predictions(feat_ws):
+    settings, storage = _fresh(feat_ws["ws"])
+    settings.batch.chunk_rows = 7
+    df = kaggle_like(53, 1, start=1e6).drop("Class")
+    _put_csv(storage, "batch_input.csv", df)
+
+    out = batch_step(settings, storage)
+
+    text = storage.read_text(f"{PREDICTIONS}/batch_input.out.csv")
+    lines = text.splitlines()
+    header = lines[0]
+    assert header.split(",") == ["row_number", *df.columns, *OUTPUT_COLUMNS]
+    assert lines.count(header) == 1
+    assert len(lines) == 1 + df.height
+    result = storage.read_frame(f"{PREDICTIONS}/batch_input.out.csv")
+    assert result["row_number"].to_list() == list(range(df.height))
+    _, model = _champion(settings)
+    expected = model.predict_proba(df)
+    np.testing.assert_allclose(result["fraud_probability"].to_numpy(), expected, rtol=1e-6, atol=1e-7)
+    assert result["is_fraud"].to_list() == (expected >= model.threshold).astype(int).tolist()
+    assert out["files"][0]["rows"] == df.height
+    # input values are copied verbatim: the CSV text of V1 is unchanged
+    source = storage.read_text(f"{INPUTS}/batch_input.csv").splitlines()
+    assert [row.split(",")[2] for row in source[1:]] == [row.split(",")[3] for row in lines[1:]]
+
+
+def test_features_parquet_streams_row_groups(feat_ws, monkeypatch):
+    settings, storage = _fresh(feat_ws["ws"])
+    settings.batch.chunk_rows = 16
+    settings.batch.join_columns = ["Amount", "Time"]
+    df = kaggle_like(100, 2, start=5e5)
+    pq.write_table(df.to_arrow(), storage.path(f"{INPUTS}/big.parquet"), row_group_size=30)
+    seen: list[int] = []
+    real = batch.pl.from_arrow
+
+    def spy(batch_, *a, **kw):
+        seen.append(batch_.num_rows)
+        return real(batch_, *a, **kw)
+
+    monkeypatch.setattr(batch.pl, "from_arrow", spy)
+    progress: list[tuple[str, int, int | None]] = []
+    out = batch_step(settings, storage, progress=lambda *a: progress.append(a))
+
+    assert max(seen) <= 16 and sum(seen) == df.height  # never the whole file at once
+    assert progress[-1] == (f"{INPUTS}/big.parquet", df.height, df.height)
+    result = pl.read_parquet(storage.path(f"{PREDICTIONS}/big.out.parquet"))
+    assert result.columns == ["row_number", "Amount", "Time", *OUTPUT_COLUMNS]
+    assert result.schema["scored_at"] == pl.Datetime("us", "UTC")
+    _, model = _champion(settings)
+    np.testing.assert_allclose(result["fraud_probability"].to_numpy(), model.predict_proba(df), rtol=1e-6)
+    assert out["totals"]["rows_scored"] == df.height
+    assert pq.ParquetFile(storage.path(f"{PREDICTIONS}/big.out.parquet")).metadata.num_row_groups > 1
+
+
+def _with_bad_rows(df: pl.DataFrame) -> pl.DataFrame:
+    """Text columns with a non-number (row 2), a missing value (row 9) and a negative amount (row 20)."""
+    text = df.cast(pl.String)
+    i = pl.int_range(pl.len())
+    return text.with_columns(
+        pl.when(i == 2).then(pl.lit("abc")).otherwise(pl.col("V3")).alias("V3"),
+        pl.when(i == 9).then(None).otherwise(pl.col("V5")).alias("V5"),
+        pl.when(i == 20).then(pl.lit("-1.5")).otherwise(pl.col("Amount")).alias("Amount"),
+    )
+
+
+def test_features_rejects_file(feat_ws):
+    settings, storage = _fresh(feat_ws["ws"])
+    settings.batch.chunk_rows = 8
+    df = kaggle_like(30, 3, start=2e6).drop("Class")
+    _put_csv(storage, "b.csv", _with_bad_rows(df))
+
+    out = batch_step(settings, storage)
+
+    f = out["files"][0]
+    assert (f["rows"], f["rejected"]) == (27, 3)
+    rejects = storage.read_frame(f"{PREDICTIONS}/b.csv.rejects.csv", columns=None)
+    assert rejects.columns == ["row_number", *df.columns, "reason"]
+    assert rejects["row_number"].to_list() == [2, 9, 20]
+    assert rejects["reason"].to_list() == ["V3: not a number", "V5: missing value", "Amount: negative amount"]
+    assert rejects["V3"].cast(pl.String).to_list()[0] == "abc"
+    result = storage.read_frame(f"{PREDICTIONS}/b.out.csv")
+    assert result["row_number"].to_list() == [i for i in range(30) if i not in (2, 9, 20)]
+    _, model = _champion(settings)
+    good = df.filter(~pl.int_range(pl.len()).is_in([2, 9, 20]))
+    np.testing.assert_allclose(result["fraud_probability"].to_numpy(), model.predict_proba(good), rtol=1e-6)
+
+    # the next run finds none: the stale rejects file goes
+    _put_csv(storage, "b.csv", df)
+    out = batch_step(settings, storage)
+    assert out["files"][0]["rejected"] == 0 and out["files"][0]["rejects"] is None
+    assert _listing(storage) == ["b.out.csv"]
+
+
+def test_fail_mode_writes_nothing_for_the_file(feat_ws):
+    settings, storage = _fresh(feat_ws["ws"])
+    settings.batch.on_invalid = "fail"
+    settings.batch.chunk_rows = 8
+    df = kaggle_like(30, 4, start=3e6).drop("Class")
+    _put_csv(storage, "bad.csv", _with_bad_rows(df))
+    _put_csv(storage, "good.csv", df)
+
+    with pytest.raises(BatchError) as info:
+        batch_step(settings, storage)
+
+    msg = str(info.value)
+    assert "1 of 2 files" in msg and "bad.csv" in msg
+    assert "column 'V3': not a number (first at row 2" in msg and "'abc'" in msg
+    assert "column 'V5': missing value" in msg and "column 'Amount': negative amount" in msg
+    assert "(1 rows" in msg
+    assert _listing(storage) == ["good.out.csv"]  # nothing for bad.csv, no temporary file left
+    assert [f["input"] for f in info.value.outputs["files"]] == [f"{INPUTS}/good.csv"]
+    assert f"{INPUTS}/bad.csv" in info.value.outputs["failed"]
+
+
+def test_rerun_replaces_outputs(feat_ws):
+    settings, storage = _fresh(feat_ws["ws"])
+    settings.batch.chunk_rows = 10
+    df = kaggle_like(45, 5, start=4e6)
+    _put_csv(storage, "a.csv", df)
+    pq.write_table(df.to_arrow(), storage.path(f"{INPUTS}/a.parquet"), row_group_size=20)
+
+    batch_step(settings, storage)
+    first = {n: storage.read_frame(f"{PREDICTIONS}/{n}") for n in ("a.out.csv", "a.out.parquet")}
+    batch_step(settings, storage)
+    again = {n: storage.read_frame(f"{PREDICTIONS}/{n}") for n in ("a.out.csv", "a.out.parquet")}
+
+    assert _listing(storage) == ["a.out.csv", "a.out.parquet"]
+    for name in first:
+        assert again[name].height == df.height
+        assert again[name].drop("scored_at").equals(first[name].drop("scored_at"))
+        assert again[name]["scored_at"][0] != first[name]["scored_at"][0]
+
+
+def test_failed_rerun_keeps_previous_output(feat_ws):
+    settings, storage = _fresh(feat_ws["ws"])
+    df = kaggle_like(20, 6, start=5e6)
+    _put_csv(storage, "c.csv", df)
+    batch_step(settings, storage)
+    before = storage.read_bytes(f"{PREDICTIONS}/c.out.csv")
+    _put_csv(storage, "c.csv", df.drop("V7"))
+    with pytest.raises(BatchError, match="column 'V7': missing column"):
+        batch_step(settings, storage)
+    assert storage.read_bytes(f"{PREDICTIONS}/c.out.csv") == before
+    assert _listing(storage) == ["c.out.csv"]
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def test_unknown_extension_is_an_error(feat_ws):
+    settings, storage = _fresh(feat_ws["ws"])
+    _put_csv(storage, "ok.csv", kaggle_like(5, 7))
+    storage.write_text(f"{INPUTS}/notes.txt", "hello")
+    with pytest.raises(DataValidationError, match=r"notes\.txt: unknown file type"):
+        batch_step(settings, storage)
+    assert _listing(storage) == []
+
+
+def test_empty_folder_is_an_error(feat_ws):
+    settings, storage = _fresh(feat_ws["ws"])
+    with pytest.raises(FraudopsError, match="no files to score"):
+        batch_step(settings, storage)
+
+
+def test_missing_columns(feat_ws):
+    settings, storage = _fresh(feat_ws["ws"])
+    settings.batch.join_columns = ["Amount", "Merchant"]
+    _put_csv(storage, "no_v7.csv", kaggle_like(5, 8).drop("V7"))
+    with pytest.raises(BatchError) as info:
+        batch_step(settings, storage)
+    msg = str(info.value)
+    assert "no_v7.csv, column 'V7': missing column" in msg
+    assert "no_v7.csv, column 'Merchant': missing column" in msg
+    assert _listing(storage) == []
+
+
+def test_empty_and_unreadable_files(feat_ws):
+    settings, storage = _fresh(feat_ws["ws"])
+    _put_csv(storage, "ok.csv", kaggle_like(5, 8))
+    storage.write_text(f"{INPUTS}/empty.csv", ",".join(kaggle_like(1, 0).columns) + "\n")
+    pq.write_table(kaggle_like(0, 0).to_arrow(), storage.path(f"{INPUTS}/empty.parquet"))
+    storage.write_text(f"{INPUTS}/broken.parquet", "not parquet")
+    with pytest.raises(BatchError) as info:
+        batch_step(settings, storage)
+    msg = str(info.value)
+    assert "3 of 4 files could not be scored (the others were)" in msg
+    assert "empty.csv: empty file" in msg and "empty.parquet: empty file" in msg
+    assert "broken.parquet: cannot be read" in msg
+    assert _listing(storage) == ["ok.out.csv"]
+
+
+def test_no_champion(tmp_path):
+    settings, _ = init_workspace(str(tmp_path / "ws"))
+    storage = Storage(settings.workspace)
+    storage.write_frame(f"{INPUTS}/x.csv", kaggle_like(3, 0))
+    with pytest.raises(FraudopsError, match="no champion yet: run select_champion"):
+        batch_step(settings, storage)
+
+
+# ---------------------------------------------------------------------------------- model and run
+
+
+def test_scoring_model_leaves_the_served_booster_alone(feat_ws):
+    settings, _ = _settings(feat_ws["ws"])
+    _, model = _champion(settings)
+    scorer = scoring_model(model, 2)
+    assert scorer.booster is not model.booster
+
+    def nthread(booster: Any) -> int:
+        return int(json.loads(booster.save_config())["learner"]["generic_param"]["nthread"])
+
+    assert (nthread(model.booster), nthread(scorer.booster)) == (1, 2)
+    x = np.random.default_rng(0).standard_normal((50, len(model.feature_names))).astype(np.float32)
+    np.testing.assert_array_equal(scorer.predict_proba(x), model.predict_proba(x))
+
+
+def test_mlflow_run_logged(feat_ws):
+    settings, storage = _fresh(feat_ws["ws"])
+    _put_csv(storage, "m.csv", kaggle_like(12, 9))
+    out = batch_step(settings, storage, execution_id="exec-1")
+    run = registry.client(settings).get_run(out["run_id"])
+    assert run.data.tags[registry.STEP_TAG] == "batch_inference"
+    assert run.data.tags[registry.EXECUTION_TAG] == "exec-1"
+    assert run.data.params["model_version"] == str(out["model_version"])
+    assert run.data.params["files"] == "m.csv"
+    assert run.data.metrics["rows_scored"] == 12
+    assert {"rows_rejected", "rows_flagged", "seconds", "rows_per_second"} <= set(run.data.metrics)
+
+
+def test_cli_batch(feat_ws):
+    from typer.testing import CliRunner
+
+    from fraudops.cli import app
+
+    _, storage = _fresh(feat_ws["ws"])
+    _put_csv(storage, "cli.csv", kaggle_like(9, 10))
+    result = CliRunner().invoke(app, ["batch", "-w", str(feat_ws["ws"])])
+    assert result.exit_code == 0, result.output
+    assert "cli.out.csv" in result.output and "rows_scored" in result.output
+    storage.write_text(f"{INPUTS}/bad.json", "{}")
+    result = CliRunner().invoke(app, ["batch", "-w", str(feat_ws["ws"])])
+    assert result.exit_code == 1
+    assert "bad.json" in result.output
+
+
+def test_arrow_types_of_join_columns_kept(feat_ws):
+    settings, storage = _fresh(feat_ws["ws"])
+    df = kaggle_like(10, 11).with_columns(
+        pl.Series("merchant", [f"m{i}" for i in range(10)]), pl.col("Amount").cast(pl.Float32)
+    )
+    table = df.to_arrow()
+    table = table.set_column(
+        table.schema.get_field_index("merchant"), "merchant", table["merchant"].cast(pa.string())
+    )
+    pq.write_table(table, storage.path(f"{INPUTS}/typed.parquet"))
+    batch_step(settings, storage)
+    result = pq.read_table(storage.path(f"{PREDICTIONS}/typed.out.parquet"))
+    assert result.schema.field("Amount").type == pa.float32()
+    assert result.column("merchant").to_pylist() == [f"m{i}" for i in range(10)]
+
+
+def test_score_file_on_a_remote_filesystem(feat_ws):
+    """The fsspec path (file objects, not local paths) through score_file, on memory://."""
+    settings, _ = _settings(feat_ws["ws"])
+    _, model = _champion(settings)
+    remote = settings.model_copy(deep=True)
+    remote.batch.chunk_rows = 6
+    storage = Storage("memory://fraudops-test-batch")
+    df = kaggle_like(20, 12)
+    storage.write_frame(f"{INPUTS}/r.csv", df)
+    storage.write_frame(f"{INPUTS}/r.parquet", df)
+    for name in ("r.csv", "r.parquet"):
+        out = batch.score_file(storage, f"{INPUTS}/{name}", model, remote, version=7)
+        assert out["rows"] == df.height
+        result = storage.read_frame(out["output"])
+        np.testing.assert_allclose(result["fraud_probability"].to_numpy(), model.predict_proba(df), rtol=1e-6)
+        assert result["model_version"].unique().to_list() == [7]
+    assert _listing(storage) == ["r.out.csv", "r.out.parquet"]
+    storage.delete("", recursive=True)
