@@ -112,14 +112,18 @@ class TrainConfig(Section):
     candidates: list[Literal["logistic_regression", "xgboost"]] = ["logistic_regression", "xgboost"]
     xgboost: dict[str, Any] = Field(
         default_factory=lambda: {
-            "n_estimators": 400,
+            "n_estimators": 1000,
             "max_depth": 6,
             "learning_rate": 0.05,
             "subsample": 0.8,
             "colsample_bytree": 0.8,
             "min_child_weight": 1,
-            "early_stopping_rounds": 40,
-        }
+            "max_bin": 1024,
+            "scale_pos_weight": 1.0,
+            "early_stopping_rounds": 100,
+        },
+        description="XGBClassifier parameters; n_estimators is the most trees, early stopping picks fewer; "
+        "max_bin 1024 resolves amount thresholds in the tail; scale_pos_weight: a number, balanced or sqrt",
     )
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
     top_k: int = Field(100, gt=0, description="cards an investigation team checks a day (CP@k)")

@@ -323,7 +323,7 @@ def log_decision(
             {"decision": decision["decision"], "decision.reasons": "; ".join(decision["reasons"])[:5000]}
         )
         for who in ("challenger", "champion"):
-            if decision.get(who):
+            if (decision.get(who) or {}).get("metrics"):  # a rollback's demoted champion has none
                 mlflow.log_metrics(_flat(f"{who}.", decision[who]["metrics"]))
         mlflow.log_dict(decision, "decision.json")
         return str(run.info.run_id)

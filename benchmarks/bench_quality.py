@@ -1,0 +1,307 @@
+"""Model quality on the handbook's protocol, beside the handbook's published table (docs/simulator.md).
+
+For each simulator seed: simulate the published configuration (``SimulateConfig()``: 5 000 customers,
+10 000 terminals, 183 days, about 1.75 M transactions), run the real default pipeline,
+``fraudops.train.train_models``, on the handbook's windows (train 2018-07-25..31, 7-day label delay,
+test 2018-08-08..14, known-compromised cards removed from the test days) and collect every candidate's
+test ROC AUC, average precision and card precision@100. The same run with ``FeaturesConfig(extra=False)``
+(the handbook's 15 features only) shows what fraudops' added features contribute.
+
+Prints a markdown table for the README (mean ± std over seeds), writes benchmarks/results/quality.json and
+exits non-zero when the pipeline's chosen model misses the target (AP >= 0.70 and CP@100 >= 0.30) on the
+published configuration (seed 0) or on the mean over seeds.
+
+    uv run python benchmarks/bench_quality.py            # seeds 0-4, with the ablation
+    uv run python benchmarks/bench_quality.py --seeds 0 --no-ablation   # the published configuration only
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from fraudops.config import FeaturesConfig, Settings, SimulateConfig, TrainConfig
+from fraudops.simulate import simulate
+from fraudops.train import train_models
+
+RESULTS = Path(__file__).parent / "results" / "quality.json"
+TARGET_AP, TARGET_CP = 0.70, 0.30
+PUBLISHED_SEED = 0
+PROTOCOL = {"train_start": dt.date(2018, 7, 25), "train_days": 7, "delay_days": 7, "test_days": 7}
+# docs/simulator.md: chapter 3 baseline (default settings) and chapter 5 (with model selection)
+HANDBOOK: dict[str, dict[str, float | None]] = {
+    "logistic_regression": {"roc_auc": 0.871, "average_precision": 0.606, "cp100": 0.291},
+    "xgboost": {"roc_auc": 0.862, "average_precision": 0.639, "cp100": 0.273},
+    "chosen": {"roc_auc": None, "average_precision": 0.687, "cp100": 0.303},
+}
+HANDBOOK_TEST = {"rows": 58_264, "frauds": 385}
+HANDBOOK_TRAIN = {"rows": 67_240, "frauds": 598}
+CP = "card_precision_at_100"
+METRICS = ("roc_auc", "average_precision", CP)
+LABELS = {
+    "logistic_regression": "logistic regression",
+    "xgboost": "XGBoost",
+    "chosen": "chosen on validation (the pipeline's model)",
+}
+PREVIOUS_XGBOOST = {  # the defaults before this benchmark tuned them (for --previous-defaults)
+    "n_estimators": 400,
+    "max_depth": 6,
+    "learning_rate": 0.05,
+    "subsample": 0.8,
+    "colsample_bytree": 0.8,
+    "min_child_weight": 1,
+    "max_bin": 256,
+    "scale_pos_weight": "sqrt",
+    "early_stopping_rounds": 40,
+}
+
+
+def settings_for(variant: str) -> Settings:
+    settings = Settings(workspace=".")
+    settings.train = settings.train.model_copy(update=PROTOCOL)
+    if variant == "handbook_features":
+        settings.features = FeaturesConfig(extra=False)
+    elif variant == "previous_defaults":
+        settings.train = settings.train.model_copy(update={"xgboost": PREVIOUS_XGBOOST})
+    return settings
+
+
+def run_one(df: Any, variant: str) -> dict[str, Any]:
+    """One train_models run: every candidate's test metrics and the chosen model's."""
+    settings = settings_for(variant)
+    started = time.perf_counter()
+    result = train_models(df, settings)
+    seconds = time.perf_counter() - started
+    candidates = {
+        name: {
+            "valid_average_precision": c["valid_average_precision"],
+            **{m: c["test"][m] for m in METRICS},
+            **({"n_estimators": c["n_estimators"]} if "n_estimators" in c else {}),
+            "seconds": c["seconds"],
+        }
+        for name, c in result.candidates.items()
+    }
+    m = result.metrics
+    chosen = result.model.kind
+    top = sorted(result.importances.items(), key=lambda kv: -kv[1])[:8]
+    return {
+        "variant": variant,
+        "n_features": len(result.model.feature_names),
+        "candidates": candidates,
+        "chosen": {
+            "model": chosen,
+            **{k: m[k] for k in METRICS},
+            **{k: m[k] for k in ("threshold", "precision", "recall", "recall_at_1pct_fpr", "fp", "tp")},
+            "threshold_strategy": result.threshold_info["strategy"],
+        },
+        "rows": result.data["rows"],
+        "frauds": result.data["frauds"],
+        "windows": result.windows,
+        "top_importances": {k: round(v, 3) for k, v in top},
+        "seconds": seconds,
+    }
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def pm(values: list[float], digits: int = 3) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:,.{digits}f} ± {std:,.{digits}f}" if len(values) > 1 else f"{mean:,.{digits}f}"
+
+
+def metric_values(runs: list[dict[str, Any]], who: str, metric: str) -> list[float]:
+    return [r["chosen"][metric] if who == "chosen" else r["candidates"][who][metric] for r in runs]
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for who in (*runs[0]["candidates"], "chosen"):
+        out[who] = {
+            m: dict(zip(("mean", "std"), mean_std(metric_values(runs, who, m)), strict=True)) for m in METRICS
+        }
+    out["chosen_models"] = [r["chosen"]["model"] for r in runs]
+    for part in ("rows", "frauds"):
+        out[f"test_{part}"] = mean_std([float(r[part]["test"]) for r in runs])
+        out[f"train_{part}"] = mean_std([float(r[part]["fit"] + r[part]["valid"]) for r in runs])
+    return out
+
+
+def markdown(by_variant: dict[str, list[dict[str, Any]]], seeds: list[int]) -> str:
+    n = len(seeds)
+    head = (
+        f"mean ± std over {n} simulator seeds ({', '.join(map(str, seeds))})" if n > 1 else f"seed {seeds[0]}"
+    )
+    lines = [
+        f"Handbook protocol: train 2018-07-25..31, 7-day delay, test 2018-08-08..14; fraudops: {head}.",
+        "",
+        "| model (test period) | features | ROC AUC | average precision | CP@100 "
+        "| handbook AUC / AP / CP@100 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    names = {
+        "default": "fraudops (20)",
+        "handbook_features": "handbook's 15",
+        "previous_defaults": "20, old XGB",
+    }
+    for variant, runs in by_variant.items():
+        for who in (*runs[0]["candidates"], "chosen"):
+            hb = HANDBOOK.get(who, {})
+            published = " / ".join("–" if hb.get(k) is None else f"{hb[k]:.3f}" for k in HANDBOOK["xgboost"])
+            label = LABELS[who]
+            if who == "chosen":
+                picked = sorted({r["chosen"]["model"] for r in runs})
+                label += f" = {', '.join(LABELS[p] for p in picked)}"
+                published += " (XGBoost after model selection)"
+            cells = [pm(metric_values(runs, who, m)) for m in METRICS]
+            lines.append(f"| {label} | {names[variant]} | {' | '.join(cells)} | {published} |")
+    runs = by_variant["default"]
+    test_rows = [float(r["rows"]["test"]) for r in runs]
+    test_frauds = [float(r["frauds"]["test"]) for r in runs]
+    train_rows = [float(r["rows"]["fit"] + r["rows"]["valid"]) for r in runs]
+    train_frauds = [float(r["frauds"]["fit"] + r["frauds"]["valid"]) for r in runs]
+    lines += [
+        "",
+        "| set | transactions | frauds | handbook |",
+        "| --- | ---: | ---: | ---: |",
+        f"| training window (7 days) | {pm(train_rows, 0)} | {pm(train_frauds, 0)} | "
+        f"{HANDBOOK_TRAIN['rows']:,} / {HANDBOOK_TRAIN['frauds']} |",
+        f"| test window, known-compromised cards removed | {pm(test_rows, 0)} | {pm(test_frauds, 0)} | "
+        f"{HANDBOOK_TEST['rows']:,} / {HANDBOOK_TEST['frauds']} |",
+    ]
+    if "handbook_features" in by_variant:
+        full, base = by_variant["default"], by_variant["handbook_features"]
+        lines += ["", "Added features (20 inputs vs the handbook's 15, same seeds, paired differences):", ""]
+        for who in ("xgboost", "logistic_regression", "chosen"):
+            if who != "chosen" and who not in full[0]["candidates"]:
+                continue
+            deltas = {
+                m: [
+                    a - b
+                    for a, b in zip(metric_values(full, who, m), metric_values(base, who, m), strict=True)
+                ]
+                for m in METRICS
+            }
+            lines.append(
+                f"- {LABELS[who]}: ROC AUC {pm(deltas['roc_auc'])}, AP {pm(deltas['average_precision'])}, "
+                f"CP@100 {pm(deltas[CP])}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="simulator seeds (0 = published)")
+    parser.add_argument("--no-ablation", action="store_true", help="skip the handbook-features run")
+    parser.add_argument(
+        "--previous-defaults", action="store_true", help="also run the XGBoost defaults before tuning"
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if not seeds:
+        parser.error("--seeds needs at least one seed")
+    variants = ["default"]
+    if not args.no_ablation:
+        variants.append("handbook_features")
+    if args.previous_defaults:
+        variants.append("previous_defaults")
+
+    by_variant: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    per_seed: dict[int, dict[str, Any]] = {}
+    for seed in seeds:
+        t0 = time.perf_counter()
+        df = simulate(SimulateConfig(seed=seed))
+        sim_seconds = time.perf_counter() - t0
+        per_seed[seed] = {
+            "n_transactions": df.height,
+            "n_frauds": int(df["TX_FRAUD"].sum()),
+            "seconds": sim_seconds,
+        }
+        for variant in variants:
+            run = run_one(df, variant)
+            run["seed"] = seed
+            by_variant[variant].append(run)
+            c = run["chosen"]
+            print(
+                f"seed {seed} {variant:<18} chosen {c['model']:<19} AP {c['average_precision']:.4f} "
+                f"CP@100 {c[CP]:.4f} AUC {c['roc_auc']:.4f}  "
+                + "  ".join(
+                    f"{n}: AP {v['average_precision']:.4f} CP {v[CP]:.4f}"
+                    for n, v in run["candidates"].items()
+                )
+                + f"  ({run['seconds']:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+        del df
+
+    default = by_variant["default"]
+    summary = summarise(default)
+    chosen_ap = summary["chosen"]["average_precision"]["mean"]
+    chosen_cp = summary["chosen"][CP]["mean"]
+    failures = []
+    if chosen_ap < TARGET_AP or chosen_cp < TARGET_CP:
+        failures.append(f"mean over seeds: AP {chosen_ap:.4f}, CP@100 {chosen_cp:.4f}")
+    published = next((r for r in default if r["seed"] == PUBLISHED_SEED), None)
+    if published is not None:
+        c = published["chosen"]
+        if c["average_precision"] < TARGET_AP or c[CP] < TARGET_CP:
+            failures.append(f"published configuration: AP {c['average_precision']:.4f}, CP@100 {c[CP]:.4f}")
+
+    table = markdown(by_variant, seeds)
+    print(f"\n{table}\n")
+    if published is not None:
+        c = published["chosen"]
+        print(
+            f"published configuration (seed {PUBLISHED_SEED}): {c['model']}, "
+            f"AP {c['average_precision']:.4f}, "
+            f"CP@100 {c[CP]:.4f}, ROC AUC {c['roc_auc']:.4f}; threshold {c['threshold']:.4f} "
+            f"({c['threshold_strategy']}): precision {c['precision']:.3f}, recall {c['recall']:.3f}"
+        )
+    print(f"target: AP >= {TARGET_AP}, CP@100 >= {TARGET_CP}: {'met' if not failures else 'MISSED'}")
+
+    result = {
+        "benchmark": "quality",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "protocol": {k: str(v) for k, v in PROTOCOL.items()},
+        "seeds": seeds,
+        "simulated": per_seed,
+        "train_config": TrainConfig().model_dump(mode="json"),
+        "handbook": {"models": HANDBOOK, "test": HANDBOOK_TEST, "train": HANDBOOK_TRAIN},
+        "target": {"average_precision": TARGET_AP, CP: TARGET_CP},
+        "summary": {v: summarise(runs) for v, runs in by_variant.items()},
+        "runs": by_variant,
+        "markdown": table,
+        "ok": not failures,
+        "failures": failures,
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "xgboost": version("xgboost"),
+            "scikit-learn": version("scikit-learn"),
+            "polars": version("polars"),
+        },
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"results written to {args.output}", file=sys.stderr)
+    if failures:
+        print(f"FAILED: below target ({'; '.join(failures)})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
