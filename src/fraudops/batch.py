@@ -551,14 +551,8 @@ def batch_step(
     if not files:
         raise FraudopsError(f"no files to score in {storage.uri(INPUTS)}: add CSV or Parquet files there")
     registry.client(settings)  # fail fast on an unreachable tracking server
-    champion = registry.version_by_alias(settings, registry.CHAMPION)
-    if champion is None:
-        raise FraudopsError(
-            f"no champion yet: run select_champion (`fraudops select-champion`) so that a version of "
-            f"{settings.registry.model_name} carries the '{registry.CHAMPION}' alias"
-        )
-    version = int(champion.version)
-    model = scoring_model(registry.load_model(settings, version), settings.train.n_jobs)
+    version, champion = registry.champion_model(settings)
+    model = scoring_model(champion, settings.train.n_jobs)
     if settings.data.kind == "transactions":
         from fraudops import features
 

@@ -273,6 +273,17 @@ def version_by_alias(settings: Settings, alias: str) -> Any | None:
         return None
 
 
+def champion_model(settings: Settings) -> tuple[int, FraudModel]:
+    """The champion's version and model; a clear error when there is none yet."""
+    champion = version_by_alias(settings, CHAMPION)
+    if champion is None:
+        raise FraudopsError(
+            f"no champion yet: run select_champion (`fraudops select-champion`) so that a version of "
+            f"{settings.registry.model_name} carries the '{CHAMPION}' alias"
+        )
+    return int(champion.version), load_model(settings, champion.version)
+
+
 _model_cache: dict[tuple[str, str, str], FraudModel] = {}
 
 
