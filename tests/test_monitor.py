@@ -181,7 +181,7 @@ def _frames(n: int, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
 def test_drift_table_rules_and_large_sample_pvalue_rule():
     ref, cur = _frames(20_000)
     features = ["same", "small_shift", "big_shift", "counts"]
-    cfg = MonitorConfig()  # large_sample 100 000 > 20 000: the KS p-value counts
+    cfg = MonitorConfig(large_sample=100_000)  # 100 000 > 20 000 rows: the KS p-value counts
     table = monitor.drift_table(ref, cur, features, cfg)
     assert table.columns == list(monitor.DRIFT_COLUMNS)
     assert table["feature"].to_list() == features

@@ -384,7 +384,8 @@ def _brief(outputs: dict[str, Any] | None, n: int = 6) -> str:
     """A step's scalar outputs on one line (ids shortened)."""
     items = []
     for k, v in _flatten(outputs).items():
-        if v is None or k in ("windows", "totals.seconds", "totals.rows_per_second"):
+        long_text = isinstance(v, str) and len(v) > 30 and not k.endswith("run_id")
+        if v is None or k.startswith("windows") or long_text:
             continue
         if isinstance(v, str) and len(v) == 32 and k.endswith("run_id"):
             v = v[:8]
@@ -414,6 +415,14 @@ class _ExecutionPrinter:
     def __call__(self, kind: str, record: dict[str, Any], step: dict[str, Any] | None) -> None:
         import json
 
+        if kind == "decision":
+            console.print(
+                f"retraining decision: [bold]{record['retraining_required']}[/] ({record['file']})",
+                highlight=False,
+            )
+            for reason in record["reasons"]:
+                console.print(f"  • {reason}", highlight=False)
+            return
         short = record["id"][:8]
         if kind == "execution_started":
             steps = " → ".join(s["name"] for s in record["steps"])
@@ -550,13 +559,16 @@ def executions_list(
     holder = pipeline.lock_holder(storage)
     rows = []
     for run in history.search(limit=limit):
-        rec = history.record(run)
+        rec = history.record(run, full=False)
+        inp = rec["input"]
+        if isinstance(inp, dict):  # triggered_by has its column; the reason is in `executions show`
+            inp = json.dumps({k: v for k, v in inp.items() if k not in ("triggered_by", "reason")})
         done = sum(s["status"] == "SUCCEEDED" for s in rec["steps"])
         rows.append(
             {
                 "id": (rec["id"] or "")[:8],
                 "status": _status(pipeline.effective_status(rec, holder)),
-                "input": json.dumps(rec["input"]) if isinstance(rec["input"], dict) else rec["input"],
+                "input": inp,
                 "triggered_by": rec["triggered_by"],
                 "start": _when(rec["start"]),
                 "duration": _duration(rec["duration_s"]),
@@ -566,7 +578,10 @@ def executions_list(
     if not rows:
         console.print("no executions yet: `fraudops run` starts one")
         return
-    console.print(table(f"executions ({storage.uri()})", rows))
+    t = table(f"executions ({storage.uri()})", rows)
+    for column in t.columns:
+        column.no_wrap = column.header in ("id", "status", "duration", "steps")
+    console.print(t)
 
 
 @executions_app.command("show")
@@ -633,13 +648,6 @@ def trigger(
 
     settings, storage = open_workspace(workspace)
     result = pipeline.trigger(settings, storage, force=force, on_event=_ExecutionPrinter())
-    decision = result["decision"]
-    console.print(
-        f"retraining decision: [bold]{decision['retraining_required']}[/] ({decision['file']})",
-        highlight=False,
-    )
-    for reason in decision["reasons"]:
-        console.print(f"  • {reason}", highlight=False)
     if result["action"] == "none":
         console.print("no retraining needed: nothing to do")
     elif result["action"] == "already_handled":
@@ -699,7 +707,7 @@ def ui(
         return
     registry.experiment_id(settings)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
-    cmd += ["--host", host, "--port", str(port)]
+    cmd += ["--host", host, "--port", str(port), "--workers", "1"]
     console.print(
         f"MLflow UI on [bold]http://{host}:{port}[/] (Ctrl-C stops it); tracking store {uri}", highlight=False
     )
@@ -707,34 +715,84 @@ def ui(
         raise typer.Exit(subprocess.call(cmd))
 
 
-def _champion_table(settings: Settings) -> None:
+def _champion_line(settings: Settings) -> str:
     from fraudops import registry
 
     champion = registry.version_by_alias(settings, registry.CHAMPION)
     if champion is None:
-        console.print("no champion")
-        return
-    keys = ("average_precision", "roc_auc", "card_precision_at_100", "recall", "precision", "fraud_rate")
-    metrics = {k: float(champion.tags[f"metric.{k}"]) for k in keys if f"metric.{k}" in champion.tags}
-    console.print(
-        table(
-            f"champion: {settings.registry.model_name} version {champion.version} "
-            "(test metrics at promotion)",
-            metrics,
-        )
+        return "none"
+    names = {
+        "average_precision": "AP",
+        "roc_auc": "ROC AUC",
+        "card_precision_at_100": "CP@100",
+        "recall": "recall",
+        "precision": "precision",
+    }
+    metrics = ", ".join(
+        f"{label} {float(champion.tags[f'metric.{k}']):.3f}"
+        for k, label in names.items()
+        if f"metric.{k}" in champion.tags
     )
+    return f"version {champion.version} — {metrics} (on its test window at promotion)"
 
 
 def _step_outputs(record: dict[str, Any], name: str) -> dict[str, Any]:
     return next((s.get("outputs") or {} for s in record["steps"] if s["name"] == name), {})
 
 
+def _num(v: Any, spec: str = ".3f") -> str:
+    try:
+        return format(float(v), spec)
+    except (TypeError, ValueError):
+        return str(v)
+
+
 def _demo_report(record: dict[str, Any], settings: Settings, storage: Storage) -> None:
-    _champion_table(settings)
-    for name, title in (("batch_inference", "batch scoring"), ("monitor", "monitoring")):
-        out = _step_outputs(record, name)
-        if out:
-            _print_step_outputs(title, out)
+    """What an execution of the demo did, in a few lines."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    grid.add_row("champion", _champion_line(settings))
+    batch = _step_outputs(record, "batch_inference")
+    if batch:
+        tot = batch.get("totals") or batch
+        scored, flagged = tot.get("rows_scored"), tot.get("rows_flagged")
+        share = (
+            f" ({flagged / scored:.1%})"
+            if isinstance(flagged, int) and isinstance(scored, int) and scored
+            else ""
+        )
+        grid.add_row(
+            "batch scoring",
+            f"{fmt(tot.get('files'))} file(s), {fmt(scored)} transactions scored, {fmt(flagged)} flagged as "
+            f"fraud{share} → {storage.uri('prod_outputs/predictions')}",
+        )
+    mon = _step_outputs(record, "monitor")
+    if mon:
+        parts = [f"decision [bold]{mon.get('retraining_required')}[/]"]
+        n_features = mon.get("features", mon.get("n_features"))
+        if n_features:
+            parts.append(
+                f"{mon.get('drifted_features', mon.get('n_drifted'))} of {n_features} features drifted"
+            )
+        if mon.get("score_psi") is not None:
+            parts.append(f"score PSI {_num(mon.get('score_psi'))}")
+        if mon.get("performance") not in (None, "ok"):
+            parts.append(f"performance: {mon['performance']}")
+        elif mon.get("current_average_precision") is not None:
+            parts.append(f"AP on current data {_num(mon.get('current_average_precision'))}")
+        grid.add_row("monitoring", ", ".join(parts))
+        for reason in mon.get("reasons") or []:
+            grid.add_row("", f"• {reason}")
+        for note in mon.get("notes") or []:
+            grid.add_row("", f"[dim]· {note}[/]")
+        report = mon.get("report") or mon.get("report_path")
+        if report or storage.exists("monitoring_outputs/report.html"):
+            report = str(report or "monitoring_outputs/report.html")
+            grid.add_row(
+                "report", report if "://" in report or report.startswith("/") else storage.uri(report)
+            )
+    console.print(grid, highlight=False)
 
 
 @app.command()
@@ -742,7 +800,7 @@ def _demo_report(record: dict[str, Any], settings: Settings, storage: Storage) -
 def demo(
     workspace: Annotated[str, typer.Argument(help="Folder to create (empty or absent).")] = "demo-workspace",
     force: Annotated[bool, typer.Option(help="Reset an existing workspace first.")] = False,
-    customers: Annotated[int, typer.Option(help="Simulated cards (terminals: twice as many).")] = 2000,
+    customers: Annotated[int, typer.Option(help="Simulated cards (terminals: twice as many).")] = 5000,
     trees: Annotated[int, typer.Option(help="XGBoost trees at most (early stopping picks fewer).")] = 150,
 ) -> None:
     """The whole loop on simulated data, from nothing: go-live, drift, monitoring says YES, retraining."""
@@ -794,8 +852,6 @@ def demo(
 
     console.rule("[bold]3. retraining trigger[/] (the seed's Lambda): acts on the decision")
     result = pipeline.trigger(settings, storage, on_event=printer)
-    decision = result["decision"]
-    console.print(f"decision {decision['retraining_required']} ({decision['file']})", highlight=False)
     if result["action"] == "started":
         rec = ok(result["execution"])
         sel = _step_outputs(rec, "select_champion")
@@ -805,12 +861,6 @@ def demo(
         for reason in sel.get("reasons", []):
             console.print(f"  • {reason}", highlight=False)
         _demo_report(rec, settings, storage)
-        again = pipeline.trigger(settings, storage)
-        console.print(
-            f"trigger run again: {again['action'].replace('_', ' ')} "
-            f"(decision now {again['decision']['retraining_required']})",
-            highlight=False,
-        )
     else:
         console.print("monitoring did not ask for retraining: the trigger has nothing to do")
 
@@ -825,6 +875,47 @@ def demo(
         ("start over", f"fraudops demo {w} --force   ·   fraudops reset -w {w}"),
     ):
         console.print(f"  {label:<18} {value}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def serve(
+    workspace: WorkspaceOpt = ".",
+    host: Annotated[str | None, typer.Option(help="Interface to listen on (default: serve.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serve.port, 8080).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: serve.workers).")] = None,
+    alias: Annotated[str, typer.Option(help="Registry alias to serve and follow.")] = "champion",
+) -> None:
+    """Serve the champion over HTTP (SageMaker and MLflow scoring protocols); follows the alias live."""
+    from fraudops.serve import run
+
+    settings, _ = open_workspace(workspace)
+    run(settings, host=host, port=port, workers=workers, alias=alias)
+
+
+@app.command()
+@handle_errors
+def batch(workspace: WorkspaceOpt = ".") -> None:
+    """Score every CSV/Parquet file in prod_inputs/ with the champion (the seed's Batch Transform)."""
+    settings, storage = open_workspace(workspace)
+    out = _run_one(settings, storage, "batch_inference", workspace)
+    where = storage.uri("prod_outputs/predictions")
+    rows = [
+        {**r, **{k: r[k] and r[k].rsplit("/", 1)[-1] for k in ("input", "output", "rejects")}}
+        for r in out.get("files", [])
+    ]
+    if rows:
+        columns = ["input", "output", "rows", "flagged", "rejected", "rejects", "seconds"]
+        console.print(table(f"scored with version {out['model_version']} → {where}", rows, columns))
+    console.print(table("totals", out.get("totals", {})))
+
+
+@app.command()
+@handle_errors
+def monitor(workspace: WorkspaceOpt = ".") -> None:
+    """Compare current data with the champion's reference; write drift, performance and the decision."""
+    settings, storage = open_workspace(workspace)
+    _print_outputs("monitoring", _run_one(settings, storage, "monitor", workspace))
 
 
 def main() -> None:

@@ -152,7 +152,11 @@ class MonitorConfig(Section):
     psi_threshold: float = Field(0.25, gt=0)
     wasserstein_threshold: float = Field(0.1, gt=0, description="in reference standard deviations")
     ks_pvalue: float = Field(0.05, gt=0, lt=1, description="used only below large_sample rows")
-    large_sample: int = Field(100_000, gt=0)
+    large_sample: int = Field(
+        10_000,
+        gt=0,
+        description="from this many rows on, only distances decide (p-values flag trivial shifts)",
+    )
     drift_share: float = Field(0.3, gt=0, le=1, description="share of drifted features that fires")
     score_psi_threshold: float = Field(0.25, gt=0)
     ap_tolerance: float = Field(0.1, ge=0, lt=1, description="relative drop of AP that fires")

@@ -986,8 +986,9 @@ def monitor_step(
     meta = storage.read_json(registry.REFERENCE_META)
     if int(meta["version"]) != version:
         raise FraudopsError(
-            f"the monitoring reference is for version {meta['version']} but the champion is "
-            f"version {version}: run select_champion (or champion rollback) to refresh it"
+            f"the monitoring reference {storage.uri(registry.REFERENCE_META)} is for version "
+            f"{meta['version']} but the champion is version {version}: run select_champion (or champion "
+            "rollback) to refresh it"
         )
     reference = storage.read_frame(registry.REFERENCE_DATA)
     current = load_current(storage, settings, model)

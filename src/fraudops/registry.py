@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import logging
 import os
@@ -258,7 +259,8 @@ def register(settings: Settings, run_id: str, execution_id: str | None = None) -
         tags[EXECUTION_TAG] = execution_id
     with contextlib.suppress(MlflowException):
         c.create_registered_model(name, description="Card-fraud model managed by fraudops")
-    mv = mlflow.register_model(f"runs:/{run_id}/model", name, tags=tags)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        mv = mlflow.register_model(f"runs:/{run_id}/model", name, tags=tags)  # quiet: we print our own
     c.set_registered_model_alias(name, CHALLENGER, mv.version)
     c.set_tag(run_id, REGISTERED_TAG, str(mv.version))
     return {"model": name, "version": int(mv.version), "alias": CHALLENGER, "run_id": run_id}
@@ -427,8 +429,9 @@ def _score_window(model: FraudModel, window: Any, settings: Settings) -> tuple[n
     return p, metrics
 
 
-def evaluation_window(settings: Settings, storage: Storage) -> tuple[Any, dict[str, str]]:
-    """The most recent labelled test window, features computed, known-compromised cards removed."""
+def evaluation_window(settings: Settings, storage: Storage) -> tuple[Any, dict[str, str], Any]:
+    """The most recent labelled test window with features: for metrics (known-compromised cards removed,
+    as in training's test), its windows, and whole (the drift reference: production data has those cards)."""
     from fraudops import data, train
 
     df = data.load_labelled(storage, settings)
@@ -437,7 +440,7 @@ def evaluation_window(settings: Settings, storage: Storage) -> tuple[Any, dict[s
             "no labelled data to compare models on (data/raw/, monitoring_inputs/current_data/)"
         )
     parts = train.split(df, settings, latest=True)
-    return parts.test, parts.windows
+    return parts.test, parts.windows, parts.test if parts.test_all is None else parts.test_all
 
 
 def write_reference(
@@ -446,11 +449,11 @@ def write_reference(
     version: int,
     model: FraudModel,
     window: Any,
-    scores: np.ndarray,
     metrics: dict[str, float],
     windows: dict[str, str],
 ) -> None:
-    """The champion's held-out features, scores and test metrics: what monitoring compares against."""
+    """The champion's held-out features and scores (the whole window, as production sees it) and its test
+    metrics (known-compromised cards removed): what monitoring compares against."""
     import datetime as dt
 
     import polars as pl
@@ -458,6 +461,7 @@ def write_reference(
     from fraudops.data import CUSTOMER, LABEL, TX_TIME
 
     keep = [c for c in (*model.feature_names, CUSTOMER, TX_TIME, LABEL) if c in window.columns]
+    scores = model.predict_proba(window)
     storage.write_frame(REFERENCE_DATA, window.select(keep).with_columns(pl.Series("score", scores)))
     storage.write_json(
         REFERENCE_META,
@@ -501,9 +505,9 @@ def select_champion(
             "challenger": {"version": ch_v},
             "champion": {"version": ch_v},
         }
-    window, windows = evaluation_window(settings, storage)
+    window, windows, whole = evaluation_window(settings, storage)
     ch_model = load_model(settings, ch_v)
-    p_ch, m_ch = _score_window(ch_model, window, settings)
+    _, m_ch = _score_window(ch_model, window, settings)
     m_champ = None
     if champion is not None:
         _, m_champ = _score_window(load_model(settings, champion.version), window, settings)
@@ -517,7 +521,7 @@ def select_champion(
         champion={"version": int(champion.version), "metrics": m_champ} if champion is not None else None,
     )
     if promote:
-        write_reference(storage, settings, ch_v, ch_model, window, p_ch, m_ch, windows)
+        write_reference(storage, settings, ch_v, ch_model, whole, m_ch, windows)
         set_aliases(
             settings,
             {
@@ -545,10 +549,10 @@ def rollback(settings: Settings, storage: Storage, execution_id: str | None = No
         raise FraudopsError(
             f"no '{PREVIOUS}' version of {settings.registry.model_name}: nothing to roll back to"
         )
-    window, windows = evaluation_window(settings, storage)
+    window, windows, whole = evaluation_window(settings, storage)
     model = load_model(settings, previous.version)
-    p, metrics = _score_window(model, window, settings)
-    write_reference(storage, settings, int(previous.version), model, window, p, metrics, windows)
+    _, metrics = _score_window(model, window, settings)
+    write_reference(storage, settings, int(previous.version), model, whole, metrics, windows)
     set_aliases(
         settings,
         {CHAMPION: int(previous.version), PREVIOUS: int(champion.version) if champion is not None else None},

@@ -36,6 +36,7 @@ class Split:
     test: pl.DataFrame
     windows: dict[str, str]
     n_valid_days: float
+    test_all: pl.DataFrame | None = None  # the test window before known-compromised cards are removed
 
     @property
     def train(self) -> pl.DataFrame:
@@ -106,14 +107,15 @@ def split_transactions(df: pl.DataFrame, settings: Settings, *, latest: bool = F
     fit = _between(featured, w["train_start"], w["valid_start"])
     valid = _between(featured, w["valid_start"], w["train_end"])
     gap = _between(featured, w["train_end"], w["test_start"])
+    test_all = _between(featured, w["test_start"], w["test_end"])
     test = evaluate.remove_known_compromised(
-        _between(featured, w["test_start"], w["test_end"]),
+        test_all,
         pl.concat([fit, valid]),
         cfg.delay_days,
         gap_df=gap,
     )
     windows = {k: v.isoformat() for k, v in w.items()}
-    return Split(fit, valid, test, windows, float(cfg.validation_days))
+    return Split(fit, valid, test, windows, float(cfg.validation_days), test_all)
 
 
 def split_table(df: pl.DataFrame, cfg: TrainConfig) -> Split:
