@@ -975,7 +975,7 @@ def monitor_step(
     """
     import mlflow
 
-    from fraudops import data, features, registry
+    from fraudops import data, evaluate, features, registry
 
     cfg = settings.monitor
     version, model = registry.champion_model(settings)
@@ -1003,7 +1003,20 @@ def monitor_step(
     perf = None
     if data.LABEL in current.columns and current[data.LABEL].is_not_null().any():
         y = current[data.LABEL].cast(pl.Float64).to_numpy()
-        perf = performance(y, scores, model.threshold, current, cfg=cfg, k=settings.train.top_k)
+        judged = np.arange(current.height)
+        if settings.data.kind == "transactions":
+            # as in the champion's test metrics: cards already known to be compromised are left out
+            rows = current.with_columns(pl.int_range(pl.len()).alias("_row"))
+            kept = evaluate.remove_known_compromised(
+                rows.filter(pl.col(data.LABEL).is_not_null()),
+                history.filter(pl.col(data.LABEL).is_not_null()),
+                settings.features.delay_days,
+            )
+            unlabelled = rows.filter(pl.col(data.LABEL).is_null())
+            judged = np.sort(np.concatenate([kept["_row"].to_numpy(), unlabelled["_row"].to_numpy()]))
+        perf = performance(
+            y[judged], scores[judged], model.threshold, current[judged], cfg=cfg, k=settings.train.top_k
+        )
     decision = decide(drift, score, perf, meta["metrics"], cfg)
     decision.update(
         {
