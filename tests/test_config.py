@@ -340,3 +340,13 @@ def test_load_settings_reads_file_and_environment(tmp_path: Path, monkeypatch: p
     settings = load_settings(str(tmp_path))
     assert (settings.train.train_days, settings.train.test_days) == (9, 5)
     assert settings.workspace == str(tmp_path)
+
+
+def test_readme_configuration_reference_is_the_code_default():
+    """The README's configuration reference is default_yaml() verbatim, so the docs stay true."""
+    from pathlib import Path
+
+    from fraudops.config import default_yaml
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert f"```yaml\n{default_yaml()}```" in readme
