@@ -25,29 +25,12 @@ from fraudops.batch import (
     rejects_name,
     scoring_model,
 )
-from fraudops.config import FraudopsError, Settings, SimulateConfig, init_workspace, load_settings
+from fraudops.config import FraudopsError, Settings, SimulateConfig, init_workspace
 from fraudops.data import LABEL, SCENARIO, DataValidationError, to_file_columns
 from fraudops.storage import Storage
-from fraudops.train import train_step
+from helpers import features_workspace, kaggle_like, open_ws, train_register_promote
 
-SMALL_XGB = {"n_estimators": 30, "max_depth": 3, "early_stopping_rounds": 10}
 KAGGLE_FEATURES = [f"V{i}" for i in range(1, 29)] + ["Amount"]
-
-
-def _train_register_promote(settings: Settings, storage: Storage) -> None:
-    """A small XGBoost champion (the configured defaults, fewer and shallower trees)."""
-    settings.train.candidates = ["xgboost"]
-    settings.train.min_frauds = 5
-    settings.train.xgboost = {**settings.train.xgboost, **SMALL_XGB}
-    train_step(settings, storage)
-    registry.register_step(settings, storage)
-    out = registry.select_champion_step(settings, storage)
-    assert out["champion_version"] is not None, out
-
-
-def _settings(ws: Path) -> tuple[Settings, Storage]:
-    settings = load_settings(str(ws))
-    return settings, Storage(settings.workspace)
 
 
 @pytest.fixture(scope="module")
@@ -63,39 +46,20 @@ def tx_ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         storage.write_frame(
             f"{data.RAW}/{simulate.day_file_name(day)}", to_file_columns(frame, settings.data)
         )
-    _train_register_promote(settings, storage)
+    train_register_promote(settings, storage)
     held_out = {day: frame.drop(LABEL, SCENARIO) for day, frame in days[-3:]}
     return {"ws": ws, "days": held_out}
-
-
-def kaggle_like(n: int, seed: int, start: float = 0.0) -> pl.DataFrame:
-    """Kaggle creditcard.csv's columns: Time, V1..V28, Amount, Class (about 4 % fraud, learnable)."""
-    rng = np.random.default_rng(seed)
-    v = rng.standard_normal((n, 28))
-    amount = np.round(rng.lognormal(3.0, 1.0, n), 2)
-    logit = -4.0 + 2.0 * v[:, 0] - 1.5 * v[:, 1]
-    fraud = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
-    cols: dict[str, Any] = {"Time": start + np.arange(n, dtype=np.float64) * 10}
-    cols.update({f"V{i + 1}": v[:, i] for i in range(28)})
-    return pl.DataFrame({**cols, "Amount": amount, "Class": fraud})
 
 
 @pytest.fixture(scope="module")
 def feat_ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Features kind (Kaggle-like columns): a labelled table in data/raw/, a champion trained on it."""
-    ws = tmp_path_factory.mktemp("feat") / "ws"
-    ws.mkdir()
-    (ws / "fraudops.yaml").write_text("data: {kind: features}\n")
-    settings, _ = init_workspace(str(ws))
-    storage = Storage(settings.workspace)
-    storage.write_frame(f"{data.RAW}/creditcard.csv", kaggle_like(4000, 0))
-    _train_register_promote(settings, storage)
-    return {"ws": ws}
+    return {"ws": features_workspace(tmp_path_factory.mktemp("feat") / "ws")}
 
 
 def _fresh(ws: Path) -> tuple[Settings, Storage]:
     """The workspace with empty prod_inputs/ and prod_outputs/predictions/."""
-    settings, storage = _settings(ws)
+    settings, storage = open_ws(ws)
     for folder in (INPUTS, PREDICTIONS):
         storage.delete(folder, recursive=True)
         storage.makedirs(folder)
@@ -402,7 +366,7 @@ def test_no_champion(tmp_path):
 
 
 def test_scoring_model_leaves_the_served_booster_alone(feat_ws):
-    settings, _ = _settings(feat_ws["ws"])
+    settings, _ = open_ws(feat_ws["ws"])
     _, model = _champion(settings)
     scorer = scoring_model(model, 2)
     assert scorer.booster is not model.booster
@@ -462,7 +426,7 @@ def test_arrow_types_of_join_columns_kept(feat_ws):
 
 def test_score_file_on_a_remote_filesystem(feat_ws):
     """The fsspec path (file objects, not local paths) through score_file, on memory://."""
-    settings, _ = _settings(feat_ws["ws"])
+    settings, _ = open_ws(feat_ws["ws"])
     _, model = _champion(settings)
     remote = settings.model_copy(deep=True)
     remote.batch.chunk_rows = 6

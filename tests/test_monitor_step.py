@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 
 from fraudops import data, evaluate, features, monitor, registry, simulate
-from fraudops.config import FraudopsError, Settings, SimulateConfig, init_workspace, load_settings
+from fraudops.config import FraudopsError, Settings, SimulateConfig, init_workspace
 from fraudops.data import CURRENT, LABEL, SCENARIO, DataValidationError, to_file_columns
 from fraudops.monitor import (
     CURRENT_METRICS_JSON,
@@ -32,9 +32,8 @@ from fraudops.monitor import (
     monitor_step,
 )
 from fraudops.storage import Storage
-from fraudops.train import train_step
+from helpers import features_workspace, kaggle_like, open_ws, train_register_promote
 
-SMALL_XGB = {"n_estimators": 30, "max_depth": 3, "early_stopping_rounds": 10}
 START = dt.date(2018, 4, 1)
 N_DAYS, TRAIN_DAYS = 70, 60  # data/raw/ holds the first 60 days; days 60.. are "production"
 DRIFT_COLUMNS_FIRST = ["feature", "ks_statistic", "ks_pvalue", "psi", "wasserstein", "drift_detected"]
@@ -50,22 +49,6 @@ OUTPUT_FILES = {
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def _settings(ws: Path) -> tuple[Settings, Storage]:
-    settings = load_settings(str(ws))
-    return settings, Storage(settings.workspace)
-
-
-def _train_register_promote(settings: Settings, storage: Storage) -> None:
-    """A small XGBoost champion (the configured defaults, fewer and shallower trees)."""
-    settings.train.candidates = ["xgboost"]
-    settings.train.min_frauds = 5
-    settings.train.xgboost = {**settings.train.xgboost, **SMALL_XGB}
-    train_step(settings, storage)
-    registry.register_step(settings, storage)
-    out = registry.select_champion_step(settings, storage)
-    assert out["champion_version"] is not None, out
 
 
 def _put_current(storage: Storage, files: dict[str, pl.DataFrame | str]) -> None:
@@ -127,19 +110,6 @@ def _rejected(settings: Settings, storage: Storage, error: type[Exception], *fra
     return msg
 
 
-def kaggle_like(n: int, seed: int, start: float = 0.0, shift: float = 0.0) -> pl.DataFrame:
-    """Kaggle creditcard.csv's columns: Time, V1..V28, Amount, Class; ``shift`` moves V1..V12."""
-    rng = np.random.default_rng(seed)
-    v = rng.standard_normal((n, 28))
-    v[:, :12] += shift
-    amount = np.round(rng.lognormal(3.0, 1.0, n), 2)
-    logit = -4.0 + 2.0 * v[:, 0] - 1.5 * v[:, 1]
-    fraud = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
-    cols: dict[str, Any] = {"Time": start + np.arange(n, dtype=np.float64) * 10}
-    cols.update({f"V{i + 1}": v[:, i] for i in range(28)})
-    return pl.DataFrame({**cols, "Amount": amount, "Class": fraud})
-
-
 # ----------------------------------------------------------------------------------------- fixtures
 
 
@@ -159,7 +129,7 @@ def tx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert [d for d, _ in plain] == [d for d, _ in drifted]
     for day, frame in plain[:TRAIN_DAYS]:
         storage.write_frame(f"{data.RAW}/{day}.parquet", to_file_columns(frame, settings.data))
-    _train_register_promote(settings, storage)
+    train_register_promote(settings, storage)
     return {
         "ws": ws,
         "plain": [f for _, f in plain[TRAIN_DAYS:]],
@@ -171,7 +141,7 @@ def tx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def tx_baseline(tx: dict[str, Any]) -> dict[str, Any]:
     """One successful monitoring run, so that bad-input tests have previous outputs to protect."""
-    settings, storage = _settings(tx["ws"])
+    settings, storage = open_ws(tx["ws"])
     _put_current(storage, {"a.parquet": tx["plain"][0], "b.parquet": tx["plain"][1]})
     out = monitor_step(settings, storage)
     assert set(_outputs(storage)) == OUTPUT_FILES
@@ -181,14 +151,7 @@ def tx_baseline(tx: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def feat(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Features kind (Kaggle-like columns): a labelled table in data/raw/ and a champion trained on it."""
-    ws = tmp_path_factory.mktemp("feat") / "ws"
-    ws.mkdir()
-    (ws / "fraudops.yaml").write_text("data: {kind: features}\n")
-    settings, _ = init_workspace(str(ws))
-    storage = Storage(settings.workspace)
-    storage.write_frame(f"{data.RAW}/creditcard.csv", kaggle_like(4000, 0))
-    _train_register_promote(settings, storage)
-    return {"ws": ws}
+    return {"ws": features_workspace(tmp_path_factory.mktemp("feat") / "ws")}
 
 
 # --------------------------------------------------------------------------------- transactions kind
@@ -201,7 +164,7 @@ def out_reference_ap(ws: Path) -> float:
 
 
 def test_drifted_transactions_outputs_and_decision(tx):
-    settings, storage = _settings(tx["ws"])
+    settings, storage = open_ws(tx["ws"])
     settings.monitor.min_frauds, settings.monitor.min_rows = (
         5,
         100,
@@ -305,7 +268,7 @@ def test_drifted_transactions_outputs_and_decision(tx):
 
 
 def test_same_distribution_drifts_less(tx):
-    settings, storage = _settings(tx["ws"])
+    settings, storage = open_ws(tx["ws"])
     if "drifted_result" not in tx:
         _put_current(storage, _week(tx, "drifted"))
         tx["drifted_result"] = monitor_step(settings, storage)
@@ -330,7 +293,7 @@ def test_same_distribution_drifts_less(tx):
 
 
 def test_every_file_of_the_folder_is_read(tx):
-    settings, storage = _settings(tx["ws"])
+    settings, storage = open_ws(tx["ws"])
     one, two = tx["plain"][2], tx["plain"][3]
     # the seed read only the first file; here a Parquet and a CSV file are both read
     _put_current(storage, {"one.parquet": one, "two.csv": two})
@@ -347,7 +310,7 @@ def test_every_file_of_the_folder_is_read(tx):
 
 
 def test_unlabelled_current_data(tx):
-    settings, storage = _settings(tx["ws"])
+    settings, storage = open_ws(tx["ws"])
     frames = [f.drop(LABEL, SCENARIO) for f in tx["plain"][:3]]
     _put_current(storage, {f"u{i}.parquet": f for i, f in enumerate(frames)})
 
@@ -367,7 +330,7 @@ def test_unlabelled_current_data(tx):
 
 
 def test_too_few_labelled_rows_is_insufficient_data(tx):
-    settings, storage = _settings(tx["ws"])
+    settings, storage = open_ws(tx["ws"])
     # labels arrive late: only the first day is labelled (fewer than monitor.min_rows = 1000 rows)
     labelled = tx["plain"][0]
     unlabelled = [f.drop(LABEL, SCENARIO) for f in tx["plain"][1:3]]
@@ -392,7 +355,7 @@ def test_too_few_labelled_rows_is_insufficient_data(tx):
 
 
 def test_features_kind(feat):
-    settings, storage = _settings(feat["ws"])
+    settings, storage = open_ws(feat["ws"])
     _, model = registry.champion_model(settings)
 
     _put_current(storage, {"shifted.csv": kaggle_like(2000, 1, start=1e6, shift=1.5)})
@@ -429,7 +392,7 @@ def test_features_kind(feat):
     ],
 )
 def test_features_kind_bad_input(feat, case, fragments):
-    settings, storage = _settings(feat["ws"])
+    settings, storage = open_ws(feat["ws"])
     good = kaggle_like(300, 3, start=3e6)
     if not storage.exists(DECISION_CSV):
         _put_current(storage, {"good.csv": good})
@@ -503,14 +466,14 @@ BAD_INPUTS: dict[str, tuple[Any, type[Exception], list[str]]] = {
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_current_data(tx, tx_baseline, case):
-    settings, storage = _settings(tx["ws"])
+    settings, storage = open_ws(tx["ws"])
     build, error, fragments = BAD_INPUTS[case]
     _put_current(storage, build(tx["plain"][4]))
     _rejected(settings, storage, error, *fragments)
 
 
 def test_reference_of_another_version(tx, tx_baseline):
-    settings, storage = _settings(tx["ws"])
+    settings, storage = open_ws(tx["ws"])
     _put_current(storage, {"good.parquet": tx["plain"][4]})
     original = storage.read_text(registry.REFERENCE_META)
     meta = json.loads(original)
@@ -530,7 +493,7 @@ def test_reference_of_another_version(tx, tx_baseline):
 
 
 def test_missing_reference(tx, tx_baseline):
-    settings, storage = _settings(tx["ws"])
+    settings, storage = open_ws(tx["ws"])
     _put_current(storage, {"good.parquet": tx["plain"][4]})
     data_file = Path(storage.path(registry.REFERENCE_DATA))
     moved = data_file.with_name("moved-away.bin")
@@ -568,7 +531,7 @@ def test_cli_monitor(request):
 
     tx = request.getfixturevalue("tx")
     request.getfixturevalue("tx_baseline")  # previous outputs, which the failing run must leave alone
-    _, storage = _settings(tx["ws"])
+    _, storage = open_ws(tx["ws"])
     _put_current(storage, {"d.parquet": tx["drifted"][5], "e.parquet": tx["drifted"][6]})
     result = CliRunner().invoke(app, ["monitor", "-w", str(tx["ws"])])
     assert result.exit_code == 0, result.output

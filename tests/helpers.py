@@ -1,0 +1,58 @@
+"""Builders shared by the test modules: small workspaces, synthetic Kaggle-like tables, a quick champion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from fraudops import registry
+from fraudops.config import Settings, init_workspace, load_settings
+from fraudops.data import RAW
+from fraudops.storage import Storage
+from fraudops.train import train_step
+
+SMALL_XGB = {"n_estimators": 30, "max_depth": 3, "early_stopping_rounds": 10}
+
+
+def open_ws(ws: Path) -> tuple[Settings, Storage]:
+    settings = load_settings(str(ws))
+    return settings, Storage(settings.workspace)
+
+
+def train_register_promote(settings: Settings, storage: Storage) -> None:
+    """A small XGBoost champion (the configured defaults, fewer and shallower trees)."""
+    settings.train.candidates = ["xgboost"]
+    settings.train.min_frauds = 5
+    settings.train.xgboost = {**settings.train.xgboost, **SMALL_XGB}
+    train_step(settings, storage)
+    registry.register_step(settings, storage)
+    out = registry.select_champion_step(settings, storage)
+    assert out["champion_version"] is not None, out
+
+
+def kaggle_like(n: int, seed: int, start: float = 0.0, shift: float = 0.0) -> pl.DataFrame:
+    """Kaggle creditcard.csv's columns: Time, V1..V28, Amount, Class (about 4 % fraud, learnable);
+    ``shift`` moves V1..V12."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((n, 28))
+    v[:, :12] += shift
+    amount = np.round(rng.lognormal(3.0, 1.0, n), 2)
+    logit = -4.0 + 2.0 * v[:, 0] - 1.5 * v[:, 1]
+    fraud = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    cols: dict[str, Any] = {"Time": start + np.arange(n, dtype=np.float64) * 10}
+    cols.update({f"V{i + 1}": v[:, i] for i in range(28)})
+    return pl.DataFrame({**cols, "Amount": amount, "Class": fraud})
+
+
+def features_workspace(ws: Path) -> Path:
+    """Features kind (Kaggle-like columns): a labelled table in data/raw/ and a champion trained on it."""
+    ws.mkdir(parents=True)
+    (ws / "fraudops.yaml").write_text("data: {kind: features}\n")
+    settings, _ = init_workspace(str(ws))
+    storage = Storage(settings.workspace)
+    storage.write_frame(f"{RAW}/creditcard.csv", kaggle_like(4000, 0))
+    train_register_promote(settings, storage)
+    return ws
