@@ -29,6 +29,7 @@ app = typer.Typer(
     help="fraudops: card-fraud MLOps — simulate, train, register, score, monitor, serve.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode="rich",
 )
 data_app = typer.Typer(help="Create, import and check data.", no_args_is_help=True)
