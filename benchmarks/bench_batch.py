@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import platform
 import resource
 import statistics
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +35,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from common import finish, machine
 from fraudops.batch import output_name, score_file, scoring_model
 from fraudops.config import init_workspace
 from fraudops.model import FraudModel
@@ -278,23 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {"rows_per_second": TARGET_ROWS_PER_SECOND, "ratio": TARGET_RATIO},
         "ok": not failures,
         "failures": failures,
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "numpy": version("numpy"),
-            "polars": version("polars"),
-            "pyarrow": version("pyarrow"),
-            "xgboost": version("xgboost"),
-        },
+        "machine": machine("numpy", "polars", "pyarrow", "xgboost"),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"results written to {args.output}", file=sys.stderr)
-    if failures:
-        print(f"FAILED: {'; '.join(failures)}", file=sys.stderr)
-        return 1
-    return 0
+    return finish(args.output, result, failures)
 
 
 if __name__ == "__main__":

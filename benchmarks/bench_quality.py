@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
-import platform
 import statistics
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from common import finish, machine
 from fraudops.config import FeaturesConfig, Settings, SimulateConfig, TrainConfig
 from fraudops.simulate import simulate
 from fraudops.train import train_models
@@ -285,22 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         "markdown": table,
         "ok": not failures,
         "failures": failures,
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "xgboost": version("xgboost"),
-            "scikit-learn": version("scikit-learn"),
-            "polars": version("polars"),
-        },
+        "machine": machine("xgboost", "scikit-learn", "polars"),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"results written to {args.output}", file=sys.stderr)
-    if failures:
-        print(f"FAILED: below target ({'; '.join(failures)})", file=sys.stderr)
-        return 1
-    return 0
+    return finish(args.output, result, [f"below target: {f}" for f in failures])
 
 
 if __name__ == "__main__":

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
-import platform
 import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from common import finish, machine
 from fraudops.config import SimulateConfig
 from fraudops.simulate import simulate, summary
 
@@ -169,22 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         "statistics": {k: v.isoformat() if isinstance(v, dt.date) else v for k, v in stats.items()},
         "checks": checks,
         "ok": not failures,
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "numpy": version("numpy"),
-            "polars": version("polars"),
-        },
+        "machine": machine("numpy", "polars"),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"results written to {args.output}", file=sys.stderr)
-
-    if failures:
-        print(f"FAILED: {'; '.join(failures)}", file=sys.stderr)
-        return 1
-    return 0
+    return finish(args.output, result, failures)
 
 
 if __name__ == "__main__":

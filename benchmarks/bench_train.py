@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import platform
 import resource
 import statistics
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from common import finish, machine
 from fraudops import features, train
 from fraudops.config import Settings, SimulateConfig
 from fraudops.simulate import simulate
@@ -117,26 +115,18 @@ def main(argv: list[str] | None = None) -> int:
         "split_seconds": split_seconds,
         "budget_seconds": args.budget,
         "ok": median <= args.budget,
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_average_before": load_before,
-            "load_average_after": load_average(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "xgboost": version("xgboost"),
-            "scikit-learn": version("scikit-learn"),
-            "polars": version("polars"),
-        },
+        "machine": machine(
+            "xgboost",
+            "scikit-learn",
+            "polars",
+            load_average_before=load_before,
+            load_average_after=load_average(),
+            omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+            max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        ),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result_json, indent=2, default=str) + "\n")
-    print(f"results written to {args.output}", file=sys.stderr)
-    if median > args.budget:
-        print(f"FAILED: median {median:.1f} s > budget {args.budget:.0f} s", file=sys.stderr)
-        return 1
-    return 0
+    failures = [f"median {median:.1f} s > budget {args.budget:.0f} s"] if median > args.budget else []
+    return finish(args.output, result_json, failures)
 
 
 if __name__ == "__main__":
