@@ -107,11 +107,6 @@ def _examples(values: pl.Series, n: int = 3) -> list[str]:
     return [repr(v) for v in values.head(n).to_list()]
 
 
-def _bad(frame: pl.DataFrame, mask: pl.Series, source: str, column: str, message: str, shown: str) -> Problem:
-    bad_rows = frame.filter(mask)
-    return Problem(source, column, message, bad_rows.height, _examples(bad_rows[shown]))
-
-
 def feature_table_columns(df: pl.DataFrame, cfg: DataConfig) -> list[str]:
     """Model inputs of the features kind: configured, or every numeric non-role column."""
     if cfg.feature_columns:

@@ -272,14 +272,6 @@ def _iso(t: dt.datetime | None = None) -> str:
     return (t or _now()).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _parse_iso(s: str | None) -> dt.datetime | None:
-    if not s:
-        return None
-    with contextlib.suppress(ValueError):
-        return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-    return None
-
-
 def _proc_start(pid: int) -> str | None:
     """Start time of a process in clock ticks since boot (Linux), to tell a reused pid from the holder."""
     with contextlib.suppress(OSError, IndexError):

@@ -477,15 +477,6 @@ def write_reference(
     )
 
 
-def _decision(kind: str, promote: bool, reasons: list[str], **extra: Any) -> dict[str, Any]:
-    return {
-        "decision": kind if promote or kind != "promoted" else "rejected",
-        "promoted": promote,
-        "reasons": reasons,
-        **extra,
-    }
-
-
 def select_champion(
     settings: Settings, storage: Storage, execution_id: str | None = None, parent_run_id: str | None = None
 ) -> dict[str, Any]:
@@ -512,14 +503,14 @@ def select_champion(
     if champion is not None:
         _, m_champ = _score_window(load_model(settings, champion.version), window, settings)
     promote, reasons = promotion_decision(m_ch, m_champ, settings.registry)
-    decision = _decision(
-        "promoted",
-        promote,
-        reasons,
-        window=windows,
-        challenger={"version": ch_v, "metrics": m_ch},
-        champion={"version": int(champion.version), "metrics": m_champ} if champion is not None else None,
-    )
+    decision = {
+        "decision": "promoted" if promote else "rejected",
+        "promoted": promote,
+        "reasons": reasons,
+        "window": windows,
+        "challenger": {"version": ch_v, "metrics": m_ch},
+        "champion": {"version": int(champion.version), "metrics": m_champ} if champion is not None else None,
+    }
     if promote:
         write_reference(storage, settings, ch_v, ch_model, whole, m_ch, windows)
         set_aliases(
