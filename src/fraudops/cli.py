@@ -250,13 +250,6 @@ champion_app = typer.Typer(help="Show or roll back the champion model.", no_args
 app.add_typer(champion_app, name="champion")
 
 
-def _print_outputs(title: str, out: dict[str, Any]) -> None:
-    flat = {k: v for k, v in out.items() if not isinstance(v, dict | list)}
-    console.print(table(title, flat))
-    for reason in out.get("reasons", []):
-        console.print(f"  • {reason}")
-
-
 @app.command()
 @handle_errors
 def train(
@@ -281,7 +274,7 @@ def train(
     for k, v in overrides.items():
         if v is not None:
             setattr(settings.train, k, v)
-    _print_outputs("trained", _run_one(settings, storage, "train", workspace))
+    _print_step_outputs("trained", _run_one(settings, storage, "train", workspace))
 
 
 @app.command()
@@ -295,7 +288,7 @@ def register(
     """Register a trained model as a new version, aliased challenger."""
     settings, storage = open_workspace(workspace)
     previous = {"train": {"run_id": run_id}} if run_id else None
-    _print_outputs("registered", _run_one(settings, storage, "register", workspace, previous))
+    _print_step_outputs("registered", _run_one(settings, storage, "register", workspace, previous))
 
 
 @app.command("select-champion")
@@ -303,7 +296,7 @@ def register(
 def select_champion(workspace: WorkspaceOpt = ".") -> None:
     """Compare challenger and champion on the same recent window; promote if the challenger wins."""
     settings, storage = open_workspace(workspace)
-    _print_outputs("champion selection", _run_one(settings, storage, "select_champion", workspace))
+    _print_step_outputs("champion selection", _run_one(settings, storage, "select_champion", workspace))
 
 
 @champion_app.command("show")
@@ -332,7 +325,7 @@ def champion_rollback(
     settings, storage = open_workspace(workspace)
     if not yes:
         typer.confirm("Roll the champion back to the previous champion?", abort=True)
-    _print_outputs("rollback", rollback(settings, storage))
+    _print_step_outputs("rollback", rollback(settings, storage))
 
 
 # ------------------------------------------------------------------------------ pipeline executions
@@ -916,7 +909,7 @@ def batch(workspace: WorkspaceOpt = ".") -> None:
 def monitor(workspace: WorkspaceOpt = ".") -> None:
     """Compare current data with the champion's reference; write drift, performance and the decision."""
     settings, storage = open_workspace(workspace)
-    _print_outputs("monitoring", _run_one(settings, storage, "monitor", workspace))
+    _print_step_outputs("monitoring", _run_one(settings, storage, "monitor", workspace))
 
 
 def main() -> None:

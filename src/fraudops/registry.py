@@ -58,7 +58,10 @@ def artifact_root(settings: Settings) -> str:
     )
 
 
+@functools.cache
 def _check_reachable(uri: str) -> None:
+    """Fail fast, once per process and server, on a tracking server that does not answer (a failure is not
+    cached; MLflow's own retries cover a server that goes away later)."""
     if not uri.startswith(("http://", "https://")):
         return
     import requests
