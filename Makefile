@@ -5,7 +5,7 @@ UV := .tools/bin/uv
 RUN := $(UV) run --frozen
 WORKSPACE ?= demo-workspace
 
-.PHONY: setup test test-fast lint format demo bench clean
+.PHONY: setup test test-fast lint typecheck format demo bench clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -20,6 +20,7 @@ setup: .venv/.synced
 test: setup
 	$(RUN) ruff check src tests benchmarks
 	$(RUN) ruff format --check src tests benchmarks
+	$(RUN) mypy
 	$(RUN) pytest
 
 test-fast: setup
@@ -27,6 +28,9 @@ test-fast: setup
 
 lint: setup
 	$(RUN) ruff check src tests benchmarks
+
+typecheck: setup
+	$(RUN) mypy
 
 format: setup
 	$(RUN) ruff check --fix src tests benchmarks

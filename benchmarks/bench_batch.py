@@ -2,7 +2,7 @@
 
 A features-kind Parquet file (Kaggle-like: ``Time``, 30 feature columns ``V1..V29, Amount``, ``Class``;
 synthetic, written in row groups) of ``--rows`` rows (1 M by default) is scored by
-:func:`fraudops.batch.score_file`, the function the ``batch_inference`` step runs for each file: read by
+:func:`fraudops.batch.scoring.score_file`, what the ``batch_inference`` step runs for each file: read by
 record batches → ``data.validate`` → ``FraudModel.predict_proba`` → Parquet output written chunk by chunk
 and renamed into place. The model is a 300-tree XGBoost ``FraudModel`` trained on a synthetic sample,
 saved and loaded the way the registry does, given ``train.n_jobs`` = 2 threads like the step.
@@ -36,10 +36,10 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from common import finish, machine
-from fraudops.batch import output_name, score_file, scoring_model
-from fraudops.config import init_workspace
-from fraudops.model import FraudModel
-from fraudops.storage import Storage
+from fraudops.batch.scoring import output_name, score_file
+from fraudops.modeling import model as models
+from fraudops.workspace import init_workspace
+from fraudops.workspace.storage import Storage
 
 TARGET_ROWS_PER_SECOND = 300_000
 TARGET_RATIO = 0.5
@@ -91,7 +91,7 @@ def write_input(path: str, rows: int, row_group: int, seed: int) -> None:
     writer.close()
 
 
-def train_model(folder: Path, rows: int, trees: int, seed: int) -> tuple[FraudModel, dict[str, Any]]:
+def train_model(folder: Path, rows: int, trees: int, seed: int) -> tuple[models.FraudModel, dict[str, Any]]:
     """A 300-tree XGBoost FraudModel on a synthetic sample, saved and loaded as the registry does."""
     import xgboost
 
@@ -111,8 +111,8 @@ def train_model(folder: Path, rows: int, trees: int, seed: int) -> tuple[FraudMo
     started = time.perf_counter()
     booster = xgboost.train(params, xgboost.DMatrix(x, label=y), num_boost_round=trees)
     seconds = time.perf_counter() - started
-    FraudModel("xgboost", FEATURES, 0.5, booster=booster, info={"n_estimators": trees}).save(folder)
-    model = FraudModel.load(folder)  # what registry.load_model returns: nthread=1
+    models.XGBoostModel(FEATURES, 0.5, info={"n_estimators": trees}, booster=booster).save(folder)
+    model = models.load(folder)  # what modeling.registry.load_version returns: nthread=1
     leaves = [t.count("leaf=") for t in booster.get_dump()]
     info = {
         "trees": booster.num_boosted_rounds(),
@@ -143,7 +143,7 @@ def bench_in(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
 
     print(f"training a {args.trees}-tree model on {args.train_rows:,} rows…", file=sys.stderr)
     loaded, model_info = train_model(Path(tmp) / "model", args.train_rows, args.trees, args.seed)
-    model = scoring_model(loaded, settings.train.n_jobs)  # as batch_step does
+    model = loaded.with_threads(settings.train.n_jobs)  # as batch_step does
 
     print(f"writing {args.rows:,} rows in row groups of {args.row_group:,}…", file=sys.stderr)
     write_input(storage.path(INPUT), args.rows, args.row_group, args.seed)
@@ -154,7 +154,7 @@ def bench_in(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
     rss_before = current_rss_mb()
     result = score_file(storage, INPUT, model, settings, version=1)
     peak_rss = rss_mb()
-    assert result["rows"] == args.rows, result
+    assert result.rows == args.rows, result
     out = storage.path(output_name(INPUT))
     out_meta = pq.ParquetFile(out).metadata
     assert out_meta.num_rows == args.rows

@@ -2,7 +2,7 @@
 
     uv run python benchmarks/bench_features.py [--runs 3] [--duckdb-python /tmp/duckenv/bin/python]
 
-Data: ``fraudops.simulate.simulate(SimulateConfig())`` when that works, otherwise an equivalent numpy
+Data: ``fraudops.data.simulate.simulate(SimulateConfig())`` when that works, otherwise an equivalent numpy
 synthesis of simulator.md (5 000 customers, 10 000 terminals, 183 days, ~1.75-1.8 M transactions,
 ~0.8 % fraud). Each run is a fresh child process (the data is read from parquet before the clock
 starts); its peak RSS is the child's ``ru_maxrss`` (Python + polars + data + features).
@@ -118,7 +118,7 @@ def make_data(args: argparse.Namespace):
     if not args.synthetic:
         try:
             from fraudops.config import SimulateConfig
-            from fraudops.simulate import simulate
+            from fraudops.data.simulate import simulate
 
             cfg = SimulateConfig(
                 n_customers=args.customers, n_terminals=args.terminals, n_days=args.days, seed=args.seed
@@ -128,13 +128,13 @@ def make_data(args: argparse.Namespace):
                 out = pl.from_pandas(out) if hasattr(out, "to_numpy") else pl.DataFrame(out)
             needed = {"TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD"}
             if needed <= set(out.columns) and out.height:
-                return out, "fraudops.simulate.simulate"
+                return out, "fraudops.data.simulate.simulate"
             print(
                 f"note: simulate() returned columns {out.columns}; using the numpy synthesis", file=sys.stderr
             )
         except Exception as e:  # the simulator is optional here
             print(
-                f"note: fraudops.simulate unavailable ({type(e).__name__}: {e}); numpy synthesis",
+                f"note: fraudops.data.simulate unavailable ({type(e).__name__}: {e}); numpy synthesis",
                 file=sys.stderr,
             )
     frame = synthesise(args.customers, args.terminals, args.days, args.seed)
@@ -282,7 +282,7 @@ def main() -> int:
     p.add_argument("--terminals", type=int, default=10000)
     p.add_argument("--days", type=int, default=183)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--synthetic", action="store_true", help="skip fraudops.simulate, use the numpy synthesis")
+    p.add_argument("--synthetic", action="store_true", help="no fraudops simulator: numpy synthesis")
     p.add_argument("--duckdb-python", default=DEFAULT_DUCKDB_PYTHON, help="a Python with duckdb installed")
     p.add_argument("--no-duckdb", action="store_true")
     p.add_argument("--output", default=str(RESULTS))

@@ -4,8 +4,8 @@
     uv run python benchmarks/bench_monitor.py --peer-rows 100000   # quick peer run
     uv run python benchmarks/bench_monitor.py --no-peer            # fraudops only
 
-fraudops: ``monitor.drift_table`` (KS + PSI + normalised Wasserstein for every feature) on reference and
-current polars frames already in memory, ``--runs`` times; the median is reported.
+fraudops: ``monitoring.stats.drift_table`` (KS + PSI + normalised Wasserstein for every feature) on
+reference and current polars frames already in memory, ``--runs`` times; the median is reported.
 
 Peer: Evidently 0.7 (needs pandas < 3, fraudops has pandas 3) in its own virtual environment, created
 once with ``uv venv /tmp/evidently-env --python 3.11 && uv pip install --python /tmp/evidently-env
@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from fraudops import monitor
 from fraudops.config import MonitorConfig
+from fraudops.monitoring import decision as decisions
+from fraudops.monitoring import report, stats
 
 RESULTS = Path(__file__).resolve().parent / "results" / "monitor.json"
 DEFAULT_ENV = "/tmp/evidently-env"
@@ -118,7 +119,7 @@ def time_fraudops(
     times, cpu, table = [], [], None
     for _ in range(runs):
         t0, c0 = time.perf_counter(), time.process_time()
-        table = monitor.drift_table(ref, cur, features, cfg, n_jobs=jobs)
+        table = stats.drift_table(ref, cur, features, cfg, n_jobs=jobs)
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     assert table is not None
@@ -277,12 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     score_rng = np.random.default_rng(args.seed + 1)
     ref_scores = score_rng.beta(0.3, 20.0, args.rows)
     cur_scores = score_rng.beta(0.3, 16.0, args.rows)
-    score = monitor.score_drift(ref_scores, cur_scores, cfg)
-    decision = monitor.decide(table, score, None, {"average_precision": 0.7, "recall": 0.6}, cfg)
+    score = stats.score_drift(ref_scores, cur_scores, cfg)
+    decision = decisions.decide(table, score, None, {"average_precision": 0.7, "recall": 0.6}, cfg)
     import matplotlib.backends.backend_agg  # noqa: F401 - import once, outside the timed call
 
     t1 = time.perf_counter()
-    page = monitor.html_report(decision, table, ref, cur, features, ref_scores, cur_scores, None, cfg=cfg)
+    page = report.html_report(decision, table, ref, cur, features, ref_scores, cur_scores, None, cfg=cfg)
     report_seconds = time.perf_counter() - t1
     print(f"html_report: {report_seconds:.2f} s, {len(page) / 1e6:.1f} MB")
 

@@ -2,7 +2,7 @@
 
 For each simulator seed: simulate the published configuration (``SimulateConfig()``: 5 000 customers,
 10 000 terminals, 183 days, about 1.75 M transactions), run the real default pipeline,
-``fraudops.train.train_models``, on the handbook's windows (train 2018-07-25..31, 7-day label delay,
+``fraudops.modeling.train.train_models``, on the handbook's windows (train 2018-07-25..31, 7-day label delay,
 test 2018-08-08..14, known-compromised cards removed from the test days) and collect every candidate's
 test ROC AUC, average precision and card precision@100. The same run with ``FeaturesConfig(extra=False)``
 (the handbook's 15 features only) shows what fraudops' added features contribute.
@@ -27,8 +27,8 @@ from typing import Any
 
 from common import finish, machine
 from fraudops.config import FeaturesConfig, Settings, SimulateConfig, TrainConfig
-from fraudops.simulate import simulate
-from fraudops.train import train_models
+from fraudops.data.simulate import simulate
+from fraudops.modeling.train import train_models
 
 RESULTS = Path(__file__).parent / "results" / "quality.json"
 TARGET_AP, TARGET_CP = 0.70, 0.30

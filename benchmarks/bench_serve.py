@@ -78,9 +78,12 @@ end
 
 def build_workspace(root: Path, rows: int) -> None:
     """A synthetic 30-feature table (Kaggle-like names) and a 300-tree XGBoost champion."""
-    from fraudops import registry, train
-    from fraudops.config import init_workspace
-    from fraudops.storage import Storage
+    from fraudops.context import StepContext
+    from fraudops.modeling.train import train_step
+    from fraudops.promotion.champion import select_champion_step
+    from fraudops.promotion.register import register_step
+    from fraudops.workspace import init_workspace
+    from fraudops.workspace.storage import Storage
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "fraudops.yaml").write_text(
@@ -100,22 +103,23 @@ def build_workspace(root: Path, rows: int) -> None:
     cols = {"Time": np.arange(rows, dtype=np.float64), **{f"V{i + 1}": x[:, i] for i in range(29)}}
     storage.write_frame("data/raw/creditcard.parquet", pl.DataFrame({**cols, "Amount": amount, "Class": y}))
     print(f"training {N_TREES} trees on {rows:,} rows × 30 features ...", flush=True)
-    run = train.train_step(settings, storage)
-    registry.register_step(settings, storage, run_id=run["run_id"])
-    decision = registry.select_champion_step(settings, storage)
-    if decision["champion_version"] is None:
-        raise SystemExit(f"the synthetic model was not promoted: {decision['reasons']}")
+    run = train_step(StepContext(settings, storage))
+    register_step(StepContext(settings, storage, handed={"train": run}))
+    decision = select_champion_step(StepContext(settings, storage))
+    if decision.champion_version is None:
+        raise SystemExit(f"the synthetic model was not promoted: {decision.reasons}")
 
 
 def champion(root: Path) -> tuple[Any, Any, str]:
-    from fraudops import registry
-    from fraudops.config import load_settings
+    from fraudops.modeling.registry import load_version
+    from fraudops.tracking import registry
+    from fraudops.workspace import load_settings
 
     settings = load_settings(str(root))
     mv = registry.version_by_alias(settings, "champion")
     if mv is None:
         raise LookupError("no champion")
-    model = registry.load_model(settings, mv.version)
+    model = load_version(settings, mv.version)
     return settings, model, str(mv.version)
 
 
@@ -266,7 +270,7 @@ def runtime_costs(model: Any) -> dict[str, dict[str, float]]:
     """Microseconds per call, best of several runs, in this process (one thread)."""
     import xgboost
 
-    from fraudops.serve import prepare_runtime
+    from fraudops.serving.trees import prepare_runtime
 
     trees, _, _ = prepare_runtime(model)
     rng = np.random.default_rng(3)
@@ -323,10 +327,10 @@ def main() -> int:
         raise SystemExit(
             f"the champion has {n_trees} trees and {len(model.feature_names)} features, not 300/30"
         )
-    from fraudops import registry
+    from fraudops.tracking.client import tracking_uri
 
     rows = pl.read_parquet(root / "data/raw/creditcard.parquet").select(model.feature_names).to_numpy()
-    tracking = registry.tracking_uri(settings)
+    tracking = tracking_uri(settings)
     logs = Path(tmp.name)
     base_env = {
         k: v for k, v in os.environ.items() if not k.startswith(("FRAUDOPS_", "PROMETHEUS_", "MLFLOW_"))
@@ -463,7 +467,7 @@ def main() -> int:
 
 
 def json_decoder(extra_path: str | None) -> str:
-    code = "from fraudops.serve import JSON_DECODER; print(JSON_DECODER)"
+    code = "import orjson; print('orjson')"
     env = {**os.environ, **({"PYTHONPATH": extra_path} if extra_path else {})}
     return subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True

@@ -23,7 +23,7 @@ from typing import Any
 
 from common import finish, machine
 from fraudops.config import SimulateConfig
-from fraudops.simulate import simulate, summary
+from fraudops.data.simulate import simulate, summary
 
 HANDBOOK_SECONDS = 145.0  # the handbook's loop-based generator, on a laptop (docs/simulator.md)
 BUDGET_SECONDS = 15.0

@@ -1,9 +1,9 @@
 """Training time on a 3-week window of the published configuration (the issue's budget: <= 60 s).
 
-Simulates ``SimulateConfig()`` (about 1.75 M transactions) once, then times ``fraudops.train.train_models``
-with the default settings (train_days = 21, the latest windows the data allows: features over the
-lookback, both candidates fitted on fit | validation, refitted on the whole window, tested) several times,
-and reports the median wall time, the CPU time and where the time goes. Writes
+Simulates ``SimulateConfig()`` (about 1.75 M transactions) once, then times
+``fraudops.modeling.train.train_models`` with the default settings (train_days = 21, the latest windows the
+data allows: features over the lookback, both candidates fitted on fit | validation, refitted on the whole
+window, tested) several times, and reports the median wall time, the CPU time and where the time goes. Writes
 benchmarks/results/train.json and exits non-zero when the median is over the budget.
 
     uv run python benchmarks/bench_train.py --runs 3
@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from common import finish, machine
-from fraudops import features, train
+from fraudops import features
 from fraudops.config import Settings, SimulateConfig
-from fraudops.simulate import simulate
+from fraudops.data.simulate import simulate
+from fraudops.modeling import splits, train
 
 BUDGET_SECONDS = 60.0
 RESULTS = Path(__file__).parent / "results" / "train.json"
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # where the time goes, once: the split (features over the needed history) alone
     t0 = time.perf_counter()
-    parts = train.split(df, settings)
+    parts = splits.split(df, settings)
     split_seconds = time.perf_counter() - t0
 
     median = statistics.median(walls)

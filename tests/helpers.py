@@ -8,11 +8,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from fraudops import registry
-from fraudops.config import Settings, init_workspace, load_settings
-from fraudops.data import RAW
-from fraudops.storage import Storage
-from fraudops.train import train_step
+from fraudops.config import Settings
+from fraudops.context import StepContext
+from fraudops.modeling.train import train_step
+from fraudops.promotion.champion import select_champion_step
+from fraudops.promotion.register import register_step
+from fraudops.workspace import init_workspace, load_settings
+from fraudops.workspace.layout import RAW
+from fraudops.workspace.storage import Storage
 
 SMALL_XGB = {"n_estimators": 30, "max_depth": 3, "early_stopping_rounds": 10}
 
@@ -22,15 +25,21 @@ def open_ws(ws: Path) -> tuple[Settings, Storage]:
     return settings, Storage(settings.workspace)
 
 
-def train_register_promote(settings: Settings, storage: Storage) -> None:
-    """A small XGBoost champion (the configured defaults, fewer and shallower trees)."""
+def small_xgboost(settings: Settings) -> None:
+    """The configured XGBoost defaults with fewer and shallower trees (fast tests)."""
     settings.train.candidates = ["xgboost"]
     settings.train.min_frauds = 5
     settings.train.xgboost = {**settings.train.xgboost, **SMALL_XGB}
-    train_step(settings, storage)
-    registry.register_step(settings, storage)
-    out = registry.select_champion_step(settings, storage)
-    assert out["champion_version"] is not None, out
+
+
+def train_register_promote(settings: Settings, storage: Storage) -> None:
+    """A small XGBoost champion."""
+    small_xgboost(settings)
+    ctx = StepContext(settings, storage)
+    train_step(ctx)
+    register_step(ctx)
+    out = select_champion_step(ctx)
+    assert out.champion_version is not None, out
 
 
 def kaggle_like(n: int, seed: int, start: float = 0.0, shift: float = 0.0) -> pl.DataFrame:

@@ -14,20 +14,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fraudops import batch, data, features, registry, simulate
-from fraudops.batch import (
-    INPUTS,
-    OUTPUT_COLUMNS,
-    PREDICTIONS,
-    BatchError,
-    batch_step,
-    output_name,
-    rejects_name,
-    scoring_model,
-)
-from fraudops.config import FraudopsError, Settings, SimulateConfig, init_workspace
-from fraudops.data import LABEL, SCENARIO, DataValidationError, to_file_columns
-from fraudops.storage import Storage
+from fraudops import features
+from fraudops.batch import scoring
+from fraudops.batch.scoring import OUTPUT_COLUMNS, output_name, rejects_name
+from fraudops.batch.step import BatchError
+from fraudops.batch.step import batch_step as run_batch_step
+from fraudops.config import Settings, SimulateConfig
+from fraudops.context import StepContext
+from fraudops.data import simulate
+from fraudops.data.loading import load_history
+from fraudops.data.schema import LABEL, SCENARIO, to_file_columns
+from fraudops.data.validation import validate
+from fraudops.errors import DataValidationError, FraudopsError
+from fraudops.modeling.registry import load_version
+from fraudops.tracking import registry
+from fraudops.tracking.client import EXECUTION_TAG, STEP_TAG, client
+from fraudops.workspace import init_workspace
+from fraudops.workspace.layout import PREDICTIONS, PROD_INPUTS, RAW
+from fraudops.workspace.storage import Storage
 from helpers import features_workspace, kaggle_like, open_ws, train_register_promote
 
 KAGGLE_FEATURES = [f"V{i}" for i in range(1, 29)] + ["Amount"]
@@ -43,9 +47,7 @@ def tx_ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     df = simulate.simulate(SimulateConfig(n_customers=300, n_terminals=600, n_days=70))
     days = list(simulate.iter_days(df))
     for day, frame in days[:-3]:
-        storage.write_frame(
-            f"{data.RAW}/{simulate.day_file_name(day)}", to_file_columns(frame, settings.data)
-        )
+        storage.write_frame(f"{RAW}/{simulate.day_file_name(day)}", to_file_columns(frame, settings.data))
     train_register_promote(settings, storage)
     held_out = {day: frame.drop(LABEL, SCENARIO) for day, frame in days[-3:]}
     return {"ws": ws, "days": held_out}
@@ -60,7 +62,7 @@ def feat_ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def _fresh(ws: Path) -> tuple[Settings, Storage]:
     """The workspace with empty prod_inputs/ and prod_outputs/predictions/."""
     settings, storage = open_ws(ws)
-    for folder in (INPUTS, PREDICTIONS):
+    for folder in (PROD_INPUTS, PREDICTIONS):
         storage.delete(folder, recursive=True)
         storage.makedirs(folder)
     return settings, storage
@@ -68,7 +70,12 @@ def _fresh(ws: Path) -> tuple[Settings, Storage]:
 
 def _champion(settings: Settings) -> tuple[int, Any]:
     version = int(registry.version_by_alias(settings, registry.CHAMPION).version)
-    return version, registry.load_model(settings, version)
+    return version, load_version(settings, version)
+
+
+def batch_step(settings: Settings, storage: Storage, **kw: Any) -> dict[str, Any]:
+    """The step on a context; its typed result as the JSON the history stores."""
+    return run_batch_step(StepContext(settings, storage, **kw)).model_dump()
 
 
 def _listing(storage: Storage, folder: str = PREDICTIONS) -> list[str]:
@@ -94,14 +101,14 @@ def test_output_and_rejects_names():
 def test_transactions_outputs_columns_and_predictions(tx_ws):
     settings, storage = _fresh(tx_ws["ws"])
     (d1, f1), (d2, f2) = list(tx_ws["days"].items())[:2]
-    storage.write_frame(f"{INPUTS}/{d1}.parquet", f1)
-    storage.write_frame(f"{INPUTS}/{d2}.csv", f2)
+    storage.write_frame(f"{PROD_INPUTS}/{d1}.parquet", f1)
+    storage.write_frame(f"{PROD_INPUTS}/{d2}.csv", f2)
 
     out = batch_step(settings, storage)
 
     version, model = _champion(settings)
     assert out["model_version"] == version
-    assert [f["input"] for f in out["files"]] == [f"{INPUTS}/{d1}.parquet", f"{INPUTS}/{d2}.csv"]
+    assert [f["input"] for f in out["files"]] == [f"{PROD_INPUTS}/{d1}.parquet", f"{PROD_INPUTS}/{d2}.csv"]
     assert [f["output"] for f in out["files"]] == [
         f"{PREDICTIONS}/{d1}.out.parquet",
         f"{PREDICTIONS}/{d2}.out.csv",
@@ -113,7 +120,7 @@ def test_transactions_outputs_columns_and_predictions(tx_ws):
     for f in out["files"]:
         assert set(f) >= {"input", "output", "rows", "flagged", "rejected"}
 
-    history = data.load_history(storage, settings)
+    history = load_history(storage, settings)
     for (day, frame), suffix in ((d1, f1), ".parquet"), ((d2, f2), ".csv"):
         result = storage.read_frame(f"{PREDICTIONS}/{day}.out{suffix}")
         inputs = [c for c in frame.columns if c != "TRANSACTION_ID"]
@@ -123,7 +130,7 @@ def test_transactions_outputs_columns_and_predictions(tx_ws):
         assert result["model_version"].unique().to_list() == [version]
         assert result["scored_at"].n_unique() == 1
         # the same numbers as the model on the same rows, features over the same history
-        canonical = data.validate(frame, settings.data, "x").valid
+        canonical = validate(frame, settings.data, "x").valid
         expected = model.predict_proba(features.features_for(canonical, history, settings.features))
         np.testing.assert_allclose(result["fraud_probability"].to_numpy(), expected, rtol=1e-6, atol=1e-7)
         assert (result["is_fraud"].to_numpy() == (expected >= model.threshold)).all()
@@ -138,7 +145,7 @@ def test_transactions_rejects_and_join_columns(tx_ws):
         pl.when(pl.int_range(pl.len()) == 3).then(-5.0).otherwise(pl.col("TX_AMOUNT")).alias("TX_AMOUNT"),
         pl.when(pl.int_range(pl.len()) == 7).then(None).otherwise(pl.col("CUSTOMER_ID")).alias("CUSTOMER_ID"),
     )
-    storage.write_frame(f"{INPUTS}/{day}.parquet", broken)
+    storage.write_frame(f"{PROD_INPUTS}/{day}.parquet", broken)
 
     out = batch_step(settings, storage)
 
@@ -158,7 +165,7 @@ def test_transactions_rejects_and_join_columns(tx_ws):
 
 
 def _put_csv(storage: Storage, name: str, df: pl.DataFrame) -> str:
-    rel = f"{INPUTS}/{name}"
+    rel = f"{PROD_INPUTS}/{name}"
     storage.write_frame(rel, df)
     return rel
 
@@ -185,7 +192,7 @@ def test_features_csv_chunked_one_header_and_predictions(feat_ws):
     assert result["is_fraud"].to_list() == (expected >= model.threshold).astype(int).tolist()
     assert out["files"][0]["rows"] == df.height
     # input values are copied verbatim: the CSV text of V1 is unchanged
-    source = storage.read_text(f"{INPUTS}/batch_input.csv").splitlines()
+    source = storage.read_text(f"{PROD_INPUTS}/batch_input.csv").splitlines()
     assert [row.split(",")[2] for row in source[1:]] == [row.split(",")[3] for row in lines[1:]]
 
 
@@ -194,20 +201,20 @@ def test_features_parquet_streams_row_groups(feat_ws, monkeypatch):
     settings.batch.chunk_rows = 16
     settings.batch.join_columns = ["Amount", "Time"]
     df = kaggle_like(100, 2, start=5e5)
-    pq.write_table(df.to_arrow(), storage.path(f"{INPUTS}/big.parquet"), row_group_size=30)
+    pq.write_table(df.to_arrow(), storage.path(f"{PROD_INPUTS}/big.parquet"), row_group_size=30)
     seen: list[int] = []
-    real = batch.pl.from_arrow
+    real = scoring.pl.from_arrow
 
     def spy(batch_, *a, **kw):
         seen.append(batch_.num_rows)
         return real(batch_, *a, **kw)
 
-    monkeypatch.setattr(batch.pl, "from_arrow", spy)
+    monkeypatch.setattr(scoring.pl, "from_arrow", spy)
     progress: list[tuple[str, int, int | None]] = []
     out = batch_step(settings, storage, progress=lambda *a: progress.append(a))
 
     assert max(seen) <= 16 and sum(seen) == df.height  # never the whole file at once
-    assert progress[-1] == (f"{INPUTS}/big.parquet", df.height, df.height)
+    assert progress[-1] == (f"{PROD_INPUTS}/big.parquet", df.height, df.height)
     result = pl.read_parquet(storage.path(f"{PREDICTIONS}/big.out.parquet"))
     assert result.columns == ["row_number", "Amount", "Time", *OUTPUT_COLUMNS]
     assert result.schema["scored_at"] == pl.Datetime("us", "UTC")
@@ -273,8 +280,8 @@ def test_fail_mode_writes_nothing_for_the_file(feat_ws):
     assert "column 'V5': missing value" in msg and "column 'Amount': negative amount" in msg
     assert "(1 rows" in msg
     assert _listing(storage) == ["good.out.csv"]  # nothing for bad.csv, no temporary file left
-    assert [f["input"] for f in info.value.outputs["files"]] == [f"{INPUTS}/good.csv"]
-    assert f"{INPUTS}/bad.csv" in info.value.outputs["failed"]
+    assert [f["input"] for f in info.value.result.model_dump()["files"]] == [f"{PROD_INPUTS}/good.csv"]
+    assert f"{PROD_INPUTS}/bad.csv" in info.value.result.failed
 
 
 def test_rerun_replaces_outputs(feat_ws):
@@ -282,7 +289,7 @@ def test_rerun_replaces_outputs(feat_ws):
     settings.batch.chunk_rows = 10
     df = kaggle_like(45, 5, start=4e6)
     _put_csv(storage, "a.csv", df)
-    pq.write_table(df.to_arrow(), storage.path(f"{INPUTS}/a.parquet"), row_group_size=20)
+    pq.write_table(df.to_arrow(), storage.path(f"{PROD_INPUTS}/a.parquet"), row_group_size=20)
 
     batch_step(settings, storage)
     first = {n: storage.read_frame(f"{PREDICTIONS}/{n}") for n in ("a.out.csv", "a.out.parquet")}
@@ -315,7 +322,7 @@ def test_failed_rerun_keeps_previous_output(feat_ws):
 def test_unknown_extension_is_an_error(feat_ws):
     settings, storage = _fresh(feat_ws["ws"])
     _put_csv(storage, "ok.csv", kaggle_like(5, 7))
-    storage.write_text(f"{INPUTS}/notes.txt", "hello")
+    storage.write_text(f"{PROD_INPUTS}/notes.txt", "hello")
     with pytest.raises(DataValidationError, match=r"notes\.txt: unknown file type"):
         batch_step(settings, storage)
     assert _listing(storage) == []
@@ -342,9 +349,9 @@ def test_missing_columns(feat_ws):
 def test_empty_and_unreadable_files(feat_ws):
     settings, storage = _fresh(feat_ws["ws"])
     _put_csv(storage, "ok.csv", kaggle_like(5, 8))
-    storage.write_text(f"{INPUTS}/empty.csv", ",".join(kaggle_like(1, 0).columns) + "\n")
-    pq.write_table(kaggle_like(0, 0).to_arrow(), storage.path(f"{INPUTS}/empty.parquet"))
-    storage.write_text(f"{INPUTS}/broken.parquet", "not parquet")
+    storage.write_text(f"{PROD_INPUTS}/empty.csv", ",".join(kaggle_like(1, 0).columns) + "\n")
+    pq.write_table(kaggle_like(0, 0).to_arrow(), storage.path(f"{PROD_INPUTS}/empty.parquet"))
+    storage.write_text(f"{PROD_INPUTS}/broken.parquet", "not parquet")
     with pytest.raises(BatchError) as info:
         batch_step(settings, storage)
     msg = str(info.value)
@@ -357,7 +364,7 @@ def test_empty_and_unreadable_files(feat_ws):
 def test_no_champion(tmp_path):
     settings, _ = init_workspace(str(tmp_path / "ws"))
     storage = Storage(settings.workspace)
-    storage.write_frame(f"{INPUTS}/x.csv", kaggle_like(3, 0))
+    storage.write_frame(f"{PROD_INPUTS}/x.csv", kaggle_like(3, 0))
     with pytest.raises(FraudopsError, match="no champion yet: run select_champion"):
         batch_step(settings, storage)
 
@@ -368,7 +375,7 @@ def test_no_champion(tmp_path):
 def test_scoring_model_leaves_the_served_booster_alone(feat_ws):
     settings, _ = open_ws(feat_ws["ws"])
     _, model = _champion(settings)
-    scorer = scoring_model(model, 2)
+    scorer = model.with_threads(2)
     assert scorer.booster is not model.booster
 
     def nthread(booster: Any) -> int:
@@ -383,9 +390,9 @@ def test_mlflow_run_logged(feat_ws):
     settings, storage = _fresh(feat_ws["ws"])
     _put_csv(storage, "m.csv", kaggle_like(12, 9))
     out = batch_step(settings, storage, execution_id="exec-1")
-    run = registry.client(settings).get_run(out["run_id"])
-    assert run.data.tags[registry.STEP_TAG] == "batch_inference"
-    assert run.data.tags[registry.EXECUTION_TAG] == "exec-1"
+    run = client(settings).get_run(out["run_id"])
+    assert run.data.tags[STEP_TAG] == "batch_inference"
+    assert run.data.tags[EXECUTION_TAG] == "exec-1"
     assert run.data.params["model_version"] == str(out["model_version"])
     assert run.data.params["files"] == "m.csv"
     assert run.data.metrics["rows_scored"] == 12
@@ -395,14 +402,16 @@ def test_mlflow_run_logged(feat_ws):
 def test_cli_batch(feat_ws):
     from typer.testing import CliRunner
 
-    from fraudops.cli import app
+    from fraudops.cli import build
+
+    app = build()
 
     _, storage = _fresh(feat_ws["ws"])
     _put_csv(storage, "cli.csv", kaggle_like(9, 10))
     result = CliRunner().invoke(app, ["batch", "-w", str(feat_ws["ws"])])
     assert result.exit_code == 0, result.output
     assert "cli.out.csv" in result.output and "rows_scored" in result.output
-    storage.write_text(f"{INPUTS}/bad.json", "{}")
+    storage.write_text(f"{PROD_INPUTS}/bad.json", "{}")
     result = CliRunner().invoke(app, ["batch", "-w", str(feat_ws["ws"])])
     assert result.exit_code == 1
     assert "bad.json" in result.output
@@ -417,7 +426,7 @@ def test_arrow_types_of_join_columns_kept(feat_ws):
     table = table.set_column(
         table.schema.get_field_index("merchant"), "merchant", table["merchant"].cast(pa.string())
     )
-    pq.write_table(table, storage.path(f"{INPUTS}/typed.parquet"))
+    pq.write_table(table, storage.path(f"{PROD_INPUTS}/typed.parquet"))
     batch_step(settings, storage)
     result = pq.read_table(storage.path(f"{PREDICTIONS}/typed.out.parquet"))
     assert result.schema.field("Amount").type == pa.float32()
@@ -432,10 +441,10 @@ def test_score_file_on_a_remote_filesystem(feat_ws):
     remote.batch.chunk_rows = 6
     storage = Storage("memory://fraudops-test-batch")
     df = kaggle_like(20, 12)
-    storage.write_frame(f"{INPUTS}/r.csv", df)
-    storage.write_frame(f"{INPUTS}/r.parquet", df)
+    storage.write_frame(f"{PROD_INPUTS}/r.csv", df)
+    storage.write_frame(f"{PROD_INPUTS}/r.parquet", df)
     for name in ("r.csv", "r.parquet"):
-        out = batch.score_file(storage, f"{INPUTS}/{name}", model, remote, version=7)
+        out = scoring.score_file(storage, f"{PROD_INPUTS}/{name}", model, remote, version=7).model_dump()
         assert out["rows"] == df.height
         result = storage.read_frame(out["output"])
         np.testing.assert_allclose(result["fraud_probability"].to_numpy(), model.predict_proba(df), rtol=1e-6)

@@ -15,10 +15,12 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from fraudops.cli import app
-from fraudops.config import CONFIG_FILE, DataConfig, default_yaml
-from fraudops.data import validate
-from fraudops.storage import LAYOUT
+from fraudops.cli import build
+from fraudops.config import DataConfig, default_yaml
+from fraudops.data.validation import validate
+from fraudops.workspace.layout import CONFIG_FILE, FOLDERS
+
+app = build()
 
 SMALL = ["--customers", "200", "--terminals", "400", "--days", "20"]
 HANDBOOK_COLUMNS = [
@@ -118,7 +120,7 @@ def test_init_creates_config_and_layout(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert f"workspace {path}: created fraudops.yaml" in r.text
     assert (path / CONFIG_FILE).read_text() == default_yaml()
-    for rel in LAYOUT:
+    for rel in FOLDERS:
         assert (path / rel).is_dir(), rel
 
 

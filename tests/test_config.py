@@ -10,19 +10,16 @@ import yaml
 from pydantic import ValidationError
 
 from fraudops.config import (
-    CONFIG_FILE,
     KAGGLE_COLUMNS,
     Columns,
-    ConfigError,
     DataConfig,
-    FraudopsError,
     Settings,
     default_yaml,
-    init_workspace,
-    load_settings,
     parse_settings,
 )
-from fraudops.storage import LAYOUT
+from fraudops.errors import ConfigError, FraudopsError
+from fraudops.workspace import init_workspace, load_settings
+from fraudops.workspace.layout import CONFIG_FILE, FOLDERS
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +33,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def parse(text: str | None) -> Settings:
-    return parse_settings(text, workspace="ws")
+    return parse_settings(text, workspace="ws", source=CONFIG_FILE)
 
 
 def error_of(text: str | None) -> str:
@@ -88,7 +85,7 @@ def test_no_text_and_empty_text_give_the_defaults() -> None:
 
 def test_default_yaml_round_trips_to_exactly_the_defaults() -> None:
     text = default_yaml()
-    assert parse_settings(text, workspace=".") == Settings()
+    assert parse_settings(text, workspace=".", source=CONFIG_FILE) == Settings()
     # every setting is written out (not just left to the defaults), with its default value
     assert yaml.safe_load(text) == Settings().model_dump(mode="json", exclude={"workspace"})
     assert "workspace" not in yaml.safe_load(text)
@@ -312,7 +309,7 @@ def test_init_workspace_creates_config_and_layout(tmp_path: Path) -> None:
     assert created
     assert settings == Settings(workspace=str(ws))
     assert (ws / CONFIG_FILE).read_text() == default_yaml()
-    for rel in LAYOUT:
+    for rel in FOLDERS:
         assert (ws / rel).is_dir(), rel
 
 

@@ -11,32 +11,32 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from fraudops.config import DataConfig, Settings
-from fraudops.data import (
-    AMOUNT,
-    CURRENT,
-    CUSTOMER,
-    LABEL,
-    RAW,
-    ROW_ERROR,
-    SCENARIO,
-    TERMINAL,
-    TX_ID,
-    TX_TIME,
-    DataValidationError,
-    Problem,
-    feature_table_columns,
+from fraudops.data.loading import (
     fingerprint,
     import_files,
     load_folder,
     load_history,
     load_labelled,
-    model_inputs,
     read_source,
+)
+from fraudops.data.schema import (
+    AMOUNT,
+    CUSTOMER,
+    LABEL,
+    ROW_ERROR,
+    SCENARIO,
+    TERMINAL,
+    TX_ID,
+    TX_TIME,
+    feature_table_columns,
+    model_inputs,
     role_columns,
     to_file_columns,
-    validate,
 )
-from fraudops.storage import Storage
+from fraudops.data.validation import validate
+from fraudops.errors import DataValidationError, Problem
+from fraudops.workspace.layout import CURRENT, RAW
+from fraudops.workspace.storage import Storage
 
 HANDBOOK = DataConfig()
 LOWER = DataConfig(
@@ -608,7 +608,7 @@ def test_fingerprint_is_stable_across_processes() -> None:
     import sys
 
     code = (
-        "import polars as pl; from fraudops.data import fingerprint; "
+        "import polars as pl; from fraudops.data.loading import fingerprint; "
         "print(fingerprint(pl.DataFrame({'a': [1, 2, 3], 'b': ['x', 'y', None]}))['content_sha256'])"
     )
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

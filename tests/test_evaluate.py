@@ -13,7 +13,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from fraudops.config import ThresholdConfig
-from fraudops.evaluate import (
+from fraudops.modeling.evaluate import (
     METRIC_NAMES,
     average_precision,
     card_precision_at_k,
@@ -21,14 +21,11 @@ from fraudops.evaluate import (
     confusion_at,
     evaluate,
     expected_cost,
-    plot_confusion,
-    plot_importances,
-    plot_pr_curve,
-    plot_roc_curve,
     recall_at_fpr,
     remove_known_compromised,
     roc_auc,
 )
+from fraudops.modeling.plots import plot_confusion, plot_importances, plot_pr_curve, plot_roc_curve
 
 # --------------------------------------------------------------------------------- ranking metrics
 

@@ -10,10 +10,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from fraudops import features
 from fraudops.config import FeaturesConfig
-from fraudops.data import AMOUNT, CUSTOMER, LABEL, TERMINAL, TX_ID, TX_TIME
-from fraudops.features import add_features, feature_names, features_for, handbook_feature_names
+from fraudops.data.schema import AMOUNT, CUSTOMER, LABEL, TERMINAL, TX_ID, TX_TIME
+from fraudops.features import add_features, engine, feature_names, features_for, handbook_feature_names
 
 US_DAY = 86_400_000_000
 US_HOUR = 3_600_000_000
@@ -423,7 +422,7 @@ def test_packed_key_fallbacks(monkeypatch, limit):
     """Groups too many to pack in one Int64 key are rolled in batches; the results do not change."""
     tx = random_tx(500, seed=13)
     want = add_features(tx)
-    monkeypatch.setattr(features, "_KEY_LIMIT", limit)
+    monkeypatch.setattr(engine, "_KEY_LIMIT", limit)
     got = add_features(tx)
     assert_same(got, want)
     assert_matches_reference(tx, FeaturesConfig(), got)

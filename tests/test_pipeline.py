@@ -1,11 +1,12 @@
 """The pipeline state machine: entry points, history in MLflow, failures, the lock, the trigger, the CLI.
 
-Fast tests substitute fake steps (``pipeline.STEPS`` points at a module made here) and record the history in
+Fast tests substitute fake steps (``graph.PIPELINE`` with the same shape) and record the history in
 a real SQLite MLflow store in a temporary workspace; the slow ones run the real stages.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,19 +16,27 @@ import subprocess
 import sys
 import textwrap
 import time
-import types
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import Field
 from typer.testing import CliRunner
 
-from fraudops import pipeline
-from fraudops.config import FraudopsError, init_workspace, load_settings
-from fraudops.storage import Storage
+from fraudops import retries
+from fraudops.context import StepContext, StepResult
+from fraudops.errors import FraudopsError, LockHeldError, StorageError
+from fraudops.pipeline import executor, graph
+from fraudops.pipeline import trigger as trigger_module
+from fraudops.pipeline.graph import PIPELINE, Pipeline, Step
+from fraudops.pipeline.history import History
+from fraudops.tracking.client import experiment_id, tracking_uri
+from fraudops.workspace import init_workspace, load_settings
+from fraudops.workspace.layout import DECISION_CSV, LOCK_FILE, TRIGGER_STATE
+from fraudops.workspace.lock import WorkspaceLock
+from fraudops.workspace.storage import Storage
 
 NAMES = ["train", "register", "select_champion", "batch_inference", "monitor"]
-FAKE = "fraudops_fake_steps"
 WS_YAML = "pipeline:\n  retries: 2\n  retry_backoff: 0\n"
 
 # ------------------------------------------------------------------------------------- fixtures
@@ -53,27 +62,52 @@ def ws(tmp_path: Path, mlflow_template: Path) -> str:
     return str(root)
 
 
+class FakeResult(StepResult):
+    step: str
+    seen: list[str]
+    retraining_required: str | None = None
+    reasons: list[str] = Field(default_factory=list)
+
+
 class Fakes:
-    """Fake steps: record calls, return outputs; ``fail[name]`` = exceptions to raise, one per call."""
+    """Fake steps: record calls, return results; ``fail[name]`` = exceptions to raise, one per call;
+    ``flaky[name]`` = errors a simulated I/O call of the step meets before it works."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.fail: dict[str, list[BaseException]] = {}
+        self.flaky: dict[str, list[BaseException]] = {}
+        self.io_calls: list[str] = []
 
     def make(self, name: str) -> Any:
-        def step(
-            settings: Any, storage: Storage, *, execution_id: Any, parent_run_id: Any, previous: Any
-        ) -> dict:
-            self.calls.append((name, dict(previous)))
-            assert execution_id and parent_run_id
+        def step(ctx: StepContext) -> FakeResult:
+            self.calls.append((name, dict(ctx.handed)))
+            assert ctx.execution_id and ctx.parent_run_id
             if self.fail.get(name):
                 raise self.fail[name].pop(0)
-            out: dict[str, Any] = {"step": name, "seen": sorted(previous)}
+            if name in self.flaky:
+
+                def io() -> None:
+                    self.io_calls.append(name)
+                    if self.flaky[name]:
+                        raise self.flaky[name].pop(0)
+
+                retries.call(io, retries.current(retries.RetryPolicy(0, 0)), f"{name} I/O")
+            out = FakeResult(step=name, seen=sorted(ctx.handed))
             if name == "monitor":
-                out.update(retraining_required="NO", reasons=[])
+                out.retraining_required, out.reasons = "NO", []
             return out
 
         return step
+
+    def pipeline(self) -> Pipeline:
+        """The real graph's shape (names, order, hand-overs of everything earlier) with fake steps."""
+        return Pipeline(
+            tuple(
+                Step(s.name, self.make(s.name), FakeResult, s.doc, s.job, consumes=tuple(NAMES[:i]))
+                for i, s in enumerate(PIPELINE.steps)
+            )
+        )
 
     @property
     def order(self) -> list[str]:
@@ -83,21 +117,17 @@ class Fakes:
 @pytest.fixture
 def fakes(monkeypatch: pytest.MonkeyPatch) -> Fakes:
     f = Fakes()
-    mod = types.ModuleType(FAKE)
-    for name in NAMES:
-        setattr(mod, name, f.make(name))
-    monkeypatch.setitem(sys.modules, FAKE, mod)
-    monkeypatch.setattr(pipeline, "STEPS", [(n, f"{FAKE}:{n}") for n in NAMES])
+    monkeypatch.setattr(graph, "PIPELINE", f.pipeline())
     return f
 
 
 def run(ws: str, inp: dict[str, Any], **kw: Any) -> dict[str, Any]:
     settings = load_settings(ws)
-    return pipeline.execute(settings, Storage(settings.workspace), inp, **kw)
+    return executor.execute(settings, Storage(settings.workspace), inp, **kw)
 
 
 def stored(ws: str, execution_id: str) -> dict[str, Any]:
-    history = pipeline.History(load_settings(ws))
+    history = History(load_settings(ws))
     return history.record(history.find(execution_id))
 
 
@@ -105,16 +135,21 @@ def statuses(record: dict[str, Any]) -> dict[str, str]:
     return {s["name"]: s["status"] for s in record["steps"]}
 
 
+def parse_input(text: str) -> dict[str, Any]:
+    return graph.validate_input(*graph.read_input(text))
+
+
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch) -> Any:
     from fraudops import cli as cli_module
+    from fraudops.cli import render
 
-    monkeypatch.setattr(cli_module.console, "width", 250)
-    monkeypatch.setattr(cli_module.err_console, "width", 250)
+    monkeypatch.setattr(render.console, "width", 250)
+    monkeypatch.setattr(render.err_console, "width", 250)
     runner = CliRunner()
 
     def invoke(*args: str, input: str | None = None) -> Any:
-        return runner.invoke(cli_module.app, list(args), input=input, catch_exceptions=False)
+        return runner.invoke(cli_module.build(), list(args), input=input, catch_exceptions=False)
 
     return invoke
 
@@ -153,9 +188,9 @@ def test_only_runs_one_step(ws: str, fakes: Fakes) -> None:
 
 
 def test_plan() -> None:
-    assert pipeline.plan({"run": "all"}) == NAMES
-    assert pipeline.plan({"run": "select_champion"}) == NAMES[2:]
-    assert pipeline.plan({"run": "monitor", "only": True}) == ["monitor"]
+    assert PIPELINE.plan({"run": "all"}) == NAMES
+    assert PIPELINE.plan({"run": "select_champion"}) == NAMES[2:]
+    assert PIPELINE.plan({"run": "monitor", "only": True}) == ["monitor"]
 
 
 @pytest.mark.parametrize(
@@ -176,7 +211,7 @@ def test_plan() -> None:
 )
 def test_bad_inputs_are_clear_errors(obj: Any, message: str) -> None:
     with pytest.raises(FraudopsError) as e:
-        pipeline.validate_input(obj)
+        graph.validate_input(obj)
     assert message in str(e.value)
     if "run" in message:
         assert "all, train, register, select_champion, batch_inference, monitor" in str(e.value)
@@ -199,21 +234,21 @@ def test_input_from_file(ws: str, fakes: Fakes, tmp_path: Path, cli: Any) -> Non
         result = cli("run", "-w", ws, "--input", arg)
         assert result.exit_code == 0, result.output
         assert fakes.order == ["batch_inference", "monitor"]
-    rec = pipeline.parse_input(f"@{f}")
+    rec = parse_input(f"@{f}")
     assert rec == {"run": "batch_inference", "triggered_by": "schedule", "reason": "weekly"}
 
 
 def test_bad_json_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FraudopsError, match="not valid JSON"):
-        pipeline.parse_input('{"run": all}')
+        parse_input('{"run": all}')
     with pytest.raises(FraudopsError, match="not valid JSON"):
-        pipeline.parse_input("no-such-file.json")
+        parse_input("no-such-file.json")
     with pytest.raises(FraudopsError, match="cannot read"):
-        pipeline.parse_input(f"@{tmp_path / 'missing.json'}")
+        parse_input(f"@{tmp_path / 'missing.json'}")
     bad = tmp_path / "bad.json"
     bad.write_text("{oops")
     with pytest.raises(FraudopsError, match=r"bad\.json is not valid JSON"):
-        pipeline.parse_input(str(bad))
+        parse_input(str(bad))
 
 
 def test_cli_from_only_and_conflicts(ws: str, fakes: Fakes, cli: Any) -> None:
@@ -250,7 +285,7 @@ def test_failing_step_is_recorded_and_resumed(ws: str, fakes: Fakes, cli: Any) -
     }
     assert back["steps"][0]["outputs"]["step"] == "train"  # earlier outputs stay
     assert "FraudopsError: no challenger to compare" in back["steps"][2]["error"]
-    log = pipeline.History(load_settings(ws)).log_text(back["run_id"])
+    log = History(load_settings(ws)).log_text(back["run_id"])
     assert "step select_champion FAILED" in log and "step train succeeded" in log
 
     # --from the failed step: a new execution that runs to the end
@@ -278,28 +313,33 @@ def test_failed_cli_exit_code_and_hint(ws: str, fakes: Fakes, cli: Any) -> None:
     assert "--resume" in result.output and "--from train" in result.output
 
 
-def test_transient_error_is_retried_then_succeeds(ws: str, fakes: Fakes) -> None:
-    fakes.fail["train"] = [ConnectionError("tracking server reset"), TimeoutError("slow disk")]
-    events: list[str] = []
-    rec = run(ws, {"run": "train", "only": True}, on_event=lambda kind, r, s: events.append(kind))
+def test_transient_io_is_retried_per_call_never_the_whole_step(ws: str, fakes: Fakes) -> None:
+    fakes.flaky["train"] = [ConnectionError("tracking server reset"), TimeoutError("slow disk")]
+    rec = run(ws, {"run": "train", "only": True})
     assert rec["status"] == "SUCCEEDED"
-    assert fakes.order == ["train"] * 3
-    assert rec["steps"][0]["attempts"] == 3
-    assert events.count("step_retry") == 2
-    assert "transient error" in pipeline.History(load_settings(ws)).log_text(rec["run_id"])
+    assert fakes.order == ["train"]  # the step ran once: retrying a whole step could duplicate its work
+    assert fakes.io_calls == ["train"] * 3
+    assert "transient error" in History(load_settings(ws)).log_text(rec["run_id"])
 
 
-def test_transient_error_gives_up_after_retries(ws: str, fakes: Fakes) -> None:
-    fakes.fail["register"] = [OSError("network unreachable") for _ in range(10)]
+def test_transient_io_gives_up_after_retries(ws: str, fakes: Fakes) -> None:
+    fakes.flaky["register"] = [OSError("network unreachable") for _ in range(10)]
     rec = run(ws, {"run": "register", "only": True})
     assert rec["status"] == "FAILED"
-    assert fakes.order == ["register"] * 3  # 1 + retries (2)
+    assert fakes.order == ["register"] and fakes.io_calls == ["register"] * 3  # 1 + retries (2)
     assert "OSError: network unreachable" in rec["steps"][0]["error"]
 
 
-def test_backoff_doubles(ws: str) -> None:
-    settings = load_settings(ws)
-    settings.pipeline.retries, settings.pipeline.retry_backoff = 3, 0.5
+def test_a_step_declares_its_own_retry_policy(ws: str, fakes: Fakes, monkeypatch: pytest.MonkeyPatch) -> None:
+    steps = list(graph.PIPELINE.steps)
+    steps[3] = dataclasses.replace(steps[3], retry=retries.RetryPolicy(retries=5, backoff=0))
+    monkeypatch.setattr(graph, "PIPELINE", Pipeline(tuple(steps)))
+    fakes.flaky["batch_inference"] = [ConnectionError(str(i)) for i in range(5)]
+    rec = run(ws, {"run": "batch_inference", "only": True})
+    assert rec["status"] == "SUCCEEDED" and fakes.io_calls == ["batch_inference"] * 6
+
+
+def test_backoff_doubles() -> None:
     slept: list[float] = []
     calls = iter([ConnectionError("a"), ConnectionError("b"), ConnectionError("c"), None])
 
@@ -309,34 +349,32 @@ def test_backoff_doubles(ws: str) -> None:
             raise err
         return "ok"
 
-    assert pipeline.with_retries(fn, settings, "x", sleep=slept.append) == ("ok", 4)
+    assert retries.call(fn, retries.RetryPolicy(3, 0.5), "x", sleep=slept.append) == "ok"
     assert slept == [0.5, 1.0, 2.0]
 
 
 def test_is_transient() -> None:
     from mlflow.exceptions import MlflowException
 
-    from fraudops.storage import StorageError
-
-    assert pipeline.is_transient(ConnectionError())
-    assert pipeline.is_transient(TimeoutError())
-    assert pipeline.is_transient(OSError("I/O error"))
-    assert pipeline.is_transient(MlflowException("API request failed: Max retries exceeded with url"))
-    assert pipeline.is_transient(MlflowException("(sqlite3.OperationalError) database is locked"))
-    assert not pipeline.is_transient(
+    assert retries.is_transient(ConnectionError())
+    assert retries.is_transient(TimeoutError())
+    assert retries.is_transient(OSError("I/O error"))
+    assert retries.is_transient(MlflowException("API request failed: Max retries exceeded with url"))
+    assert retries.is_transient(MlflowException("(sqlite3.OperationalError) database is locked"))
+    assert not retries.is_transient(
         MlflowException("Registered model not found", error_code="RESOURCE_DOES_NOT_EXIST")
     )
-    assert not pipeline.is_transient(FraudopsError("bad input"))
-    assert not pipeline.is_transient(FileNotFoundError("x"))
-    assert not pipeline.is_transient(StorageError("x: no such file"))
-    assert not pipeline.is_transient(ValueError("x"))
+    assert not retries.is_transient(FraudopsError("bad input"))
+    assert not retries.is_transient(FileNotFoundError("x"))
+    assert not retries.is_transient(StorageError("x: no such file"))
+    assert not retries.is_transient(ValueError("x"))
     try:
         try:
             raise ConnectionError("refused")
         except ConnectionError as inner:
             raise FraudopsError("MLflow tracking server cannot be reached") from inner
     except FraudopsError as outer:
-        assert pipeline.is_transient(outer)
+        assert retries.is_transient(outer)
 
 
 # ------------------------------------------------------------------------------------- lock
@@ -344,8 +382,8 @@ def test_is_transient() -> None:
 
 def test_second_execution_is_refused_while_one_holds_the_lock(ws: str, fakes: Fakes, cli: Any) -> None:
     storage = Storage(ws)
-    with pipeline.WorkspaceLock(storage, "f" * 32, heartbeat=0.05):
-        with pytest.raises(pipeline.LockHeldError) as e:
+    with WorkspaceLock(storage, "f" * 32, heartbeat=0.05):
+        with pytest.raises(LockHeldError) as e:
             run(ws, {"run": "all"})
         assert "another execution is running" in str(e.value) and "ffffffff" in str(e.value)
         assert f"pid {os.getpid()}" in str(e.value)
@@ -355,13 +393,13 @@ def test_second_execution_is_refused_while_one_holds_the_lock(ws: str, fakes: Fa
         settings = load_settings(ws)
         settings.pipeline.lock_timeout = 0.5
         t0 = time.monotonic()
-        with pytest.raises(pipeline.LockHeldError, match=r"waited 0\.5 s"):
-            pipeline.execute(settings, storage, {"run": "all"})
+        with pytest.raises(LockHeldError, match=r"waited 0\.5 s"):
+            executor.execute(settings, storage, {"run": "all"})
         assert time.monotonic() - t0 >= 0.5
         time.sleep(0.2)
-        assert pipeline.WorkspaceLock(storage, "").read()["heartbeat_epoch"] > time.time() - 1  # refreshed
+        assert WorkspaceLock(storage, "").read()["heartbeat_epoch"] > time.time() - 1  # refreshed
     assert fakes.calls == []
-    assert not storage.exists(pipeline.LOCK_FILE)  # released
+    assert not storage.exists(LOCK_FILE)  # released
     assert run(ws, {"run": "monitor"})["status"] == "SUCCEEDED"
 
 
@@ -369,11 +407,11 @@ def test_lock_waits_for_a_holder_that_finishes(ws: str, fakes: Fakes) -> None:
     import threading
 
     storage = Storage(ws)
-    lock = pipeline.WorkspaceLock(storage, "e" * 32).acquire()
+    lock = WorkspaceLock(storage, "e" * 32).acquire()
     threading.Timer(0.5, lock.release).start()
     settings = load_settings(ws)
     settings.pipeline.lock_timeout = 10
-    assert pipeline.execute(settings, storage, {"run": "monitor"})["status"] == "SUCCEEDED"
+    assert executor.execute(settings, storage, {"run": "monitor"})["status"] == "SUCCEEDED"
 
 
 def _dead_pid() -> int:
@@ -391,15 +429,15 @@ def test_stale_lock_of_a_dead_process_is_taken_over(ws: str, fakes: Fakes) -> No
         "token": "t",
         "heartbeat_epoch": time.time(),
     }
-    storage.write_json(pipeline.LOCK_FILE, holder)
+    storage.write_json(LOCK_FILE, holder)
     rec = run(ws, {"run": "monitor"})
     assert rec["status"] == "SUCCEEDED"
-    assert not storage.exists(pipeline.LOCK_FILE)
+    assert not storage.exists(LOCK_FILE)
 
 
 def test_stale_lock_by_heartbeat_age(ws: str) -> None:
     storage = Storage(ws)
-    lock = pipeline.WorkspaceLock(storage, "a" * 32, stale_after=60)
+    lock = WorkspaceLock(storage, "a" * 32, stale_after=60)
     other_host = {"execution_id": "b" * 32, "pid": 1, "hostname": "elsewhere", "token": "t"}
     assert lock.stale_reason({**other_host, "heartbeat_epoch": time.time() - 5}) is None
     assert "no heartbeat for" in lock.stale_reason({**other_host, "heartbeat_epoch": time.time() - 61})
@@ -417,13 +455,13 @@ def test_only_one_of_many_contenders_wins(ws: str) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     storage = Storage(ws)
-    locks = [pipeline.WorkspaceLock(storage, f"{i:032x}", heartbeat=0) for i in range(8)]
+    locks = [WorkspaceLock(storage, f"{i:032x}", heartbeat=0) for i in range(8)]
 
-    def take(lock: pipeline.WorkspaceLock) -> bool:
+    def take(lock: WorkspaceLock) -> bool:
         try:
             lock.acquire()
             return True
-        except pipeline.LockHeldError:
+        except LockHeldError:
             return False
 
     with ThreadPoolExecutor(8) as pool:
@@ -431,38 +469,37 @@ def test_only_one_of_many_contenders_wins(ws: str) -> None:
     assert sum(won) == 1
     for lock in locks:
         lock.release()
-    assert not storage.exists(pipeline.LOCK_FILE)
+    assert not storage.exists(LOCK_FILE)
 
 
 # ------------------------------------------------------------------------------------- killed / SIGTERM
 
 CHILD = textwrap.dedent(
     """
-    import sys, time, types
+    import dataclasses, sys, time
     from pathlib import Path
-    from fraudops import pipeline
+    from fraudops.context import StepResult
+    from fraudops.pipeline import graph
+    from fraudops.tracking.client import step_run
 
-    def quick(settings, storage, **kw):
-        return {"ok": 1}
+    def quick(ctx):
+        return StepResult()
 
-    def slow(settings, storage, **kw):
-        from fraudops import registry
-
-        with registry.step_run(settings, "batch_inference", kw["execution_id"], kw["parent_run_id"]):
-            with storage.open_write("prod_outputs/predictions/scored.csv") as f:
+    def slow(ctx):
+        with step_run(ctx.settings, "batch_inference", ctx.execution_id, ctx.parent_run_id):
+            with ctx.storage.open_write("prod_outputs/predictions/scored.csv") as f:
                 f.write(b"TRANSACTION_ID,fraud_probability\\n1,0.5\\n")
                 Path(sys.argv[2]).write_text("ready")
                 time.sleep(120)
                 f.write(b"2,0.1\\n")
-        return {"files_scored": 1}
+        return StepResult()
 
-    mod = types.ModuleType("child_steps")
-    mod.quick, mod.slow = quick, slow
-    sys.modules["child_steps"] = mod
-    pipeline.STEPS[:] = [(n, "child_steps:" + ("slow" if n == "batch_inference" else "quick"))
-                         for n, _ in pipeline.STEPS]
-    from fraudops.cli import app
-    app(["run", "-w", sys.argv[1]], prog_name="fraudops")
+    graph.PIPELINE = graph.Pipeline(tuple(
+        dataclasses.replace(s, run=slow if s.name == "batch_inference" else quick, result=StepResult)
+        for s in graph.PIPELINE.steps
+    ))
+    from fraudops.cli import build
+    build()(["run", "-w", sys.argv[1]], prog_name="fraudops")
     """
 )
 
@@ -488,14 +525,14 @@ def test_killed_mid_step_leaves_no_partial_output_and_resumes(
 ) -> None:
     storage = Storage(ws)
     proc, _ = _start_child(ws, tmp_path)
-    holder = pipeline.WorkspaceLock(storage, "").read()
+    holder = WorkspaceLock(storage, "").read()
     assert holder["pid"] == proc.pid
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # nothing half-written under the final name; the lock is still there, held by a dead process
     assert not storage.exists("prod_outputs/predictions/scored.csv")
     assert storage.ls("prod_outputs/predictions") == []
-    assert storage.exists(pipeline.LOCK_FILE)
+    assert storage.exists(LOCK_FILE)
     killed = stored(ws, holder["execution_id"])
     assert killed["status"] == "RUNNING"
     assert statuses(killed)["select_champion"] == "SUCCEEDED"
@@ -512,16 +549,14 @@ def test_killed_mid_step_leaves_no_partial_output_and_resumes(
     assert killed["status"] == "ABORTED"
     assert "process ended without recording a status" in killed["error"]
     assert statuses(killed)["batch_inference"] == "ABORTED"
-    assert not storage.exists(pipeline.LOCK_FILE)
+    assert not storage.exists(LOCK_FILE)
     from mlflow import MlflowClient
 
-    from fraudops import registry
-
     settings = load_settings(ws)
-    c = MlflowClient(registry.tracking_uri(settings))
+    c = MlflowClient(tracking_uri(settings))
     assert c.get_run(killed["run_id"]).info.status == "KILLED"
     step_runs = c.search_runs(
-        [registry.experiment_id(settings)], filter_string=f"tags.`mlflow.parentRunId` = '{killed['run_id']}'"
+        [experiment_id(settings)], filter_string=f"tags.`mlflow.parentRunId` = '{killed['run_id']}'"
     )
     assert [r.info.status for r in step_runs] == ["KILLED"]  # the killed step's own run is closed too
 
@@ -529,7 +564,7 @@ def test_killed_mid_step_leaves_no_partial_output_and_resumes(
 def test_sigterm_aborts_the_execution(ws: str, tmp_path: Path) -> None:
     storage = Storage(ws)
     proc, _ = _start_child(ws, tmp_path)
-    holder = pipeline.WorkspaceLock(storage, "").read()
+    holder = WorkspaceLock(storage, "").read()
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 130, out
@@ -538,15 +573,11 @@ def test_sigterm_aborts_the_execution(ws: str, tmp_path: Path) -> None:
     assert rec["status"] == "ABORTED" and rec["error"] == "SIGTERM"
     assert statuses(rec)["batch_inference"] == "ABORTED"
     assert statuses(rec)["monitor"] == "PENDING"
-    assert not storage.exists(pipeline.LOCK_FILE)  # released
+    assert not storage.exists(LOCK_FILE)  # released
     assert not storage.exists("prod_outputs/predictions/scored.csv")
     from mlflow import MlflowClient
 
-    from fraudops import registry
-
-    assert (
-        MlflowClient(registry.tracking_uri(load_settings(ws))).get_run(rec["run_id"]).info.status == "KILLED"
-    )
+    assert MlflowClient(tracking_uri(load_settings(ws))).get_run(rec["run_id"]).info.status == "KILLED"
 
 
 def test_keyboard_interrupt_aborts(ws: str, fakes: Fakes) -> None:
@@ -554,16 +585,14 @@ def test_keyboard_interrupt_aborts(ws: str, fakes: Fakes) -> None:
     rec = run(ws, {"run": "all"})
     assert rec["status"] == "ABORTED"
     assert statuses(stored(ws, rec["id"]))["register"] == "ABORTED"
-    assert not Storage(ws).exists(pipeline.LOCK_FILE)
+    assert not Storage(ws).exists(LOCK_FILE)
 
 
 # ------------------------------------------------------------------------------------- trigger
 
 
 def write_decision(ws: str, value: str, reasons: str = "feature drift: 5 of 20 features drifted") -> None:
-    Storage(ws).write_text(
-        pipeline.DECISION_FILE, f"retraining_required,reasons,drift_share\n{value},{reasons},0.25\n"
-    )
+    Storage(ws).write_text(DECISION_CSV, f"retraining_required,reasons,drift_share\n{value},{reasons},0.25\n")
 
 
 def test_trigger_yes_starts_once(ws: str, fakes: Fakes, cli: Any) -> None:
@@ -572,7 +601,7 @@ def test_trigger_yes_starts_once(ws: str, fakes: Fakes, cli: Any) -> None:
     assert result.exit_code == 0, result.output
     assert "retraining decision: YES" in result.output and "feature drift" in result.output
     assert fakes.order == NAMES
-    rec = pipeline.History(load_settings(ws)).record(pipeline.History(load_settings(ws)).search()[0])
+    rec = History(load_settings(ws)).record(History(load_settings(ws)).search()[0])
     assert rec["input"] == {"run": "all", "triggered_by": "monitoring", "reason": "auto_retraining"}
     assert rec["triggered_by"] == "monitoring" and rec["status"] == "SUCCEEDED"
 
@@ -582,7 +611,7 @@ def test_trigger_yes_starts_once(ws: str, fakes: Fakes, cli: Any) -> None:
     assert result.exit_code == 0
     assert "already acted on" in result.output and rec["id"][:8] in result.output
     assert fakes.calls == []
-    state = Storage(ws).read_json(pipeline.TRIGGER_STATE)
+    state = Storage(ws).read_json(TRIGGER_STATE)
     assert state["handled"][-1]["execution_id"] == rec["id"] and state["handled"][-1]["status"] == "SUCCEEDED"
 
     # --force acts again; a new decision (a later monitoring run) is acted on
@@ -627,7 +656,7 @@ def test_trigger_missing_or_malformed_decision(
     ws: str, fakes: Fakes, cli: Any, content: str | None, message: str
 ) -> None:
     if content is not None:
-        Storage(ws).write_text(pipeline.DECISION_FILE, content)
+        Storage(ws).write_text(DECISION_CSV, content)
     result = cli("trigger", "-w", ws)
     assert result.exit_code == 1
     assert message in result.output
@@ -635,10 +664,8 @@ def test_trigger_missing_or_malformed_decision(
 
 
 def test_decision_with_bom_and_spaces(ws: str) -> None:
-    Storage(ws).write_bytes(
-        pipeline.DECISION_FILE, "\ufeffretraining_required,reasons\n yes ,a; b\n".encode()
-    )
-    d = pipeline.read_decision(Storage(ws))
+    Storage(ws).write_bytes(DECISION_CSV, "\ufeffretraining_required,reasons\n yes ,a; b\n".encode())
+    d = trigger_module.read_decision(Storage(ws))
     assert d["retraining_required"] == "YES" and d["reasons"] == ["a", "b"]
 
 
@@ -682,10 +709,8 @@ def test_executions_list_and_show(ws: str, fakes: Fakes, cli: Any) -> None:
 def test_history_in_mlflow(ws: str, fakes: Fakes) -> None:
     from mlflow import MlflowClient
 
-    from fraudops import registry
-
     rec = run(ws, {"run": "monitor", "triggered_by": "cron", "reason": "weekly check"})
-    c = MlflowClient(registry.tracking_uri(load_settings(ws)))
+    c = MlflowClient(tracking_uri(load_settings(ws)))
     r = c.get_run(rec["run_id"])
     tags = r.data.tags
     assert r.info.run_name == f"execution-{rec['id'][:8]}"
@@ -708,11 +733,11 @@ def test_history_in_mlflow(ws: str, fakes: Fakes) -> None:
 
 def test_ambiguous_prefix(ws: str, fakes: Fakes) -> None:
     settings, storage = load_settings(ws), Storage(ws)
-    pipeline.execute(settings, storage, {"run": "monitor"}, execution_id="abc" + "1" * 29)
-    pipeline.execute(settings, storage, {"run": "monitor"}, execution_id="abc" + "2" * 29)
+    executor.execute(settings, storage, {"run": "monitor"}, execution_id="abc" + "1" * 29)
+    executor.execute(settings, storage, {"run": "monitor"}, execution_id="abc" + "2" * 29)
     with pytest.raises(FraudopsError, match="matches several executions"):
-        pipeline.History(settings).find("abc")
-    assert pipeline.History(settings).find("abc1").data.tags["fraudops.execution_id"].startswith("abc1")
+        History(settings).find("abc")
+    assert History(settings).find("abc1").data.tags["fraudops.execution_id"].startswith("abc1")
 
 
 # ------------------------------------------------------------------------------------- reset / demo
@@ -724,7 +749,7 @@ def test_reset(ws: str, fakes: Fakes, cli: Any) -> None:
     storage.write_text("prod_outputs/predictions/p.csv", "a\n1\n")
     result = cli("reset", "-w", ws, input="n\n")
     assert result.exit_code == 1 and storage.exists("data/raw/x.csv")  # declined
-    with pipeline.WorkspaceLock(storage, "c" * 32, heartbeat=0):
+    with WorkspaceLock(storage, "c" * 32, heartbeat=0):
         result = cli("reset", "-w", ws, "--yes")
         assert result.exit_code == 1 and "another execution is running" in result.output
     assert storage.exists("mlflow.db")
@@ -747,22 +772,14 @@ def test_demo_refuses_a_non_empty_folder(tmp_path: Path, cli: Any) -> None:
 # ------------------------------------------------------------------------------------- real steps
 
 
-def _have(step: str) -> bool:
-    try:
-        pipeline.resolve(step)
-    except FraudopsError:
-        return False
-    return True
-
-
 @pytest.mark.slow
 def test_real_training_steps_nest_under_the_execution(ws: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """train → register → select_champion for real, on a small simulation; their runs are nested."""
     from mlflow import MlflowClient
 
-    from fraudops import registry, simulate
     from fraudops.config import SimulateConfig
-    from fraudops.data import to_file_columns
+    from fraudops.data import simulate
+    from fraudops.data.schema import to_file_columns
 
     settings = load_settings(ws)
     storage = Storage(ws)
@@ -771,15 +788,15 @@ def test_real_training_steps_nest_under_the_execution(ws: str, monkeypatch: pyte
         storage.write_frame(f"data/raw/{simulate.day_file_name(day)}", to_file_columns(frame, settings.data))
     settings.train.candidates = ["logistic_regression"]
     settings.train.min_frauds = 5
-    monkeypatch.setattr(pipeline, "STEPS", pipeline.STEPS[:3])
-    rec = pipeline.execute(settings, storage, {"run": "all"})
+    monkeypatch.setattr(graph, "PIPELINE", Pipeline(PIPELINE.steps[:3]))
+    rec = executor.execute(settings, storage, {"run": "all"})
     assert rec["status"] == "SUCCEEDED", rec["error"]
     out = {s["name"]: s["outputs"] for s in rec["steps"]}
-    assert out["register"]["run_id"] == out["train"]["run_id"]  # lineage, not "the newest"
+    assert out["register"]["source_run_id"] == out["train"]["run_id"]  # lineage, not "the newest"
     assert out["select_champion"]["decision"] == "promoted"
-    c = MlflowClient(registry.tracking_uri(settings))
+    c = MlflowClient(tracking_uri(settings))
     children = c.search_runs(
-        [registry.experiment_id(settings)], filter_string=f"tags.`mlflow.parentRunId` = '{rec['run_id']}'"
+        [experiment_id(settings)], filter_string=f"tags.`mlflow.parentRunId` = '{rec['run_id']}'"
     )
     assert {r.data.tags["fraudops.step"] for r in children} >= {"train", "register", "select_champion"}
     assert all(r.data.tags["fraudops.execution_id"] == rec["id"] for r in children)
@@ -787,9 +804,6 @@ def test_real_training_steps_nest_under_the_execution(ws: str, monkeypatch: pyte
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (_have("batch_inference") and _have("monitor")), reason="batch/monitor steps not there"
-)
 def test_demo_end_to_end(tmp_path: Path, cli: Any) -> None:
     ws = str(tmp_path / "demo")
     result = cli("demo", ws, "--customers", "1000", "--trees", "60")
@@ -807,7 +821,7 @@ def test_demo_stages_the_data_in_two_moments(tmp_path: Path) -> None:
     import polars as pl
 
     from fraudops import demo
-    from fraudops.data import LABEL, TX_TIME
+    from fraudops.data.schema import LABEL, TX_TIME
 
     ws = str(tmp_path / "demo")
     settings, storage, t = demo.create(ws, customers=150, trees=10, force=False)
@@ -842,10 +856,10 @@ def test_trigger_that_could_not_start_is_not_remembered(
         raise FraudopsError("MLflow tracking server http://mlflow:5000 cannot be reached")
 
     with monkeypatch.context() as m:
-        m.setattr(pipeline, "History", unreachable)
+        m.setattr(executor, "History", unreachable)
         result = cli("trigger", "-w", ws)
     assert result.exit_code == 1 and "cannot be reached" in result.output
-    assert fakes.calls == [] and not Storage(ws).exists(pipeline.LOCK_FILE)
+    assert fakes.calls == [] and not Storage(ws).exists(LOCK_FILE)
     result = cli("trigger", "-w", ws)  # the decision was not acted on: the next trigger does
     assert result.exit_code == 0, result.output
     assert fakes.order == NAMES

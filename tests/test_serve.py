@@ -19,8 +19,19 @@ import polars as pl
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fraudops import serve
-from fraudops.model import FraudModel
+from fraudops.context import StepContext, StepResult
+from fraudops.modeling.model import FraudModel, XGBoostModel
+from fraudops.modeling.registry import load_version
+from fraudops.modeling.train import train_step
+from fraudops.promotion.champion import select_champion_step
+from fraudops.promotion.register import register_step
+from fraudops.serving import protocol
+from fraudops.serving import trees as runtime
+from fraudops.serving.scorer import Scorer
+from fraudops.tracking import registry
+from fraudops.tracking.client import client
+from fraudops.workspace import init_workspace
+from fraudops.workspace.storage import Storage
 
 API_KEY = "test-key-123"
 MODEL_NAME = "serve-test-model"
@@ -72,14 +83,14 @@ def _booster(
 )
 def test_numpy_trees_are_bit_identical_to_xgboost(seed, trees, depth, base_score):
     booster, x = _booster(trees=trees, depth=depth, seed=seed, base_score=base_score)
-    model = FraudModel("xgboost", [f"f{i}" for i in range(6)], 0.3, booster=booster)
-    trees, small, info = serve.prepare_runtime(model)
+    model = XGBoostModel([f"f{i}" for i in range(6)], 0.3, booster=booster)
+    trees, small, info = runtime.prepare_runtime(model)
     assert trees is not None and info["numpy_trees"].startswith("on"), info
     rng = np.random.default_rng(1)
     rows = np.concatenate(
         [
             x[:500],
-            serve.verification_rows(trees, 3000, seed=5),
+            runtime.verification_rows(trees, 3000, seed=5),
             rng.normal(scale=3.0, size=(500, 6)).astype(np.float32),
         ]
     )
@@ -90,7 +101,7 @@ def test_numpy_trees_are_bit_identical_to_xgboost(seed, trees, depth, base_score
     singles = np.concatenate([trees.predict(rows[i : i + 1], booster) for i in range(300)])
     assert np.array_equal(singles, expected[:300])
     # a Scorer gives FraudModel.predict's float64 numbers on both sides of the runtime switch
-    scorer = serve.Scorer(
+    scorer = Scorer(
         model=model,
         name="m",
         version="1",
@@ -109,11 +120,11 @@ def test_numpy_trees_are_bit_identical_to_xgboost(seed, trees, depth, base_score
 
 def test_numpy_trees_stay_off_for_other_objectives():
     booster, _ = _booster("reg:squarederror", trees=10)
-    model = FraudModel("xgboost", [f"f{i}" for i in range(6)], 0.5, booster=booster)
-    trees, small, info = serve.prepare_runtime(model)
+    model = XGBoostModel([f"f{i}" for i in range(6)], 0.5, booster=booster)
+    trees, small, info = runtime.prepare_runtime(model)
     assert trees is None and small == 0 and "objective" in info["numpy_trees"]
-    with pytest.raises(serve.UnsupportedModel):
-        serve.TreeEnsemble.from_booster(booster, 6)
+    with pytest.raises(runtime.UnsupportedModel):
+        runtime.TreeEnsemble.from_booster(booster, 6)
 
 
 def test_invocations_body_is_what_mlflow_writes():
@@ -126,7 +137,7 @@ def test_invocations_body_is_what_mlflow_writes():
     flags = p >= 0.5
     out = io.StringIO()
     predictions_to_json(pd.DataFrame({"fraud_probability": p, "is_fraud": flags.astype(np.int64)}), out)
-    assert serve.invocations_body(p, flags).decode() == out.getvalue()
+    assert protocol.invocations_body(p, flags).decode() == out.getvalue()
 
 
 def test_fast_json_parser_gives_the_standard_values():
@@ -143,12 +154,12 @@ def test_fast_json_parser_gives_the_standard_values():
     )
     texts += ["1E5", "-2.5e-3", "0.000001", "123456789.123456789123", "9007199254740993", "1e400", "-1e-400"]
     body = ("[" + ", ".join(texts) + "]").encode()
-    assert serve.parse_json(body) == json.loads(body)
+    assert protocol.parse_json(body) == json.loads(body)
     for text in (b'{"a": [1, 2, {"b": null, "c": "\\u00e9"}], "d": true}', b'\xef\xbb\xbf{"a": 1}'):
-        assert serve.parse_json(text) == json.loads(text)
+        assert protocol.parse_json(text) == json.loads(text)
     for bad in (b"{", b'{"a": 1} x', b"[1, 2", b"\xff"):
-        with pytest.raises(serve.ClientError, match="malformed JSON"):
-            serve.parse_json(bad)
+        with pytest.raises(protocol.ClientError, match="malformed JSON"):
+            protocol.parse_json(bad)
 
 
 # ------------------------------------------------------------------------------- a real server
@@ -177,21 +188,17 @@ def _dataset(n: int = 3000, seed: int = 0) -> pl.DataFrame:
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory):
     """A features-kind workspace whose champion (version 1) went through train, register, select."""
-    from fraudops import registry, train
-    from fraudops.config import init_workspace
-    from fraudops.storage import Storage
-
     root = tmp_path_factory.mktemp("serve") / "ws"
     _write_workspace(root)
     settings, _ = init_workspace(str(root))
     storage = Storage(settings.workspace)
     data = _dataset()
     storage.write_frame("data/raw/creditcard.parquet", data)
-    run = train.train_step(settings, storage)
-    registry.register_step(settings, storage, run_id=run["run_id"])
-    decision = registry.select_champion_step(settings, storage)
-    assert decision["champion_version"] == 1, decision
-    model = registry.load_model(settings, 1)
+    run = train_step(StepContext(settings, storage))
+    register_step(StepContext(settings, storage, handed={"train": run}))
+    decision = select_champion_step(StepContext(settings, storage))
+    assert decision.champion_version == 1, decision
+    model = load_version(settings, 1)
     assert model.feature_names == FEATURES
     rows = data.select(FEATURES).to_numpy()
     return {"root": root, "settings": settings, "storage": storage, "model": model, "rows": rows}
@@ -740,8 +747,6 @@ def _wait_health(url: str, predicate, timeout: float = 90) -> dict:
 
 @pytest.mark.slow
 def test_hot_reload_under_load(server, champion):
-    from fraudops import registry, train
-
     settings, storage = champion["settings"], champion["storage"]
     rows = champion["rows"][:40]
     load = _Load(server["url"], rows)
@@ -752,11 +757,13 @@ def test_hot_reload_under_load(server, champion):
             time.sleep(0.05)
         settings.train.seed = 7
         settings.train.xgboost = {"n_estimators": 20, "max_depth": 3, "learning_rate": 0.3}
-        run = train.train_step(settings, storage)
-        v2 = registry.register_step(settings, storage, run_id=run["run_id"])["version"]
+        run = train_step(StepContext(settings, storage))
+        v2 = register_step(
+            StepContext(settings, storage, handed={"train": StepResult(run_id=run.run_id)})
+        ).version
         assert v2 == 2
         assert load.results and all(v == "1" for _, v, _, _ in load.results)  # still version 1
-        registry.set_aliases(settings, {"champion": v2})
+        registry.set_alias(settings, "champion", v2)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:  # both workers: the last 30 answers all from version 2
             recent = load.results[-30:]
@@ -770,7 +777,7 @@ def test_hot_reload_under_load(server, champion):
     assert all(status == 200 for status, _, _, _ in load.results), {s for s, _, _, _ in load.results}
     versions = [v for _, v, _, _ in load.results]
     assert versions[-1] == "2" and versions[0] == "1", versions[:3]
-    models = {"1": champion["model"], "2": registry.load_model(settings, 2)}
+    models = {"1": champion["model"], "2": load_version(settings, 2)}
     expected = {(v, n): _expected(m, rows[:n])[0] for v, m in models.items() for n in (1, 3, 40)}
     assert expected[("1", 40)] != expected[("2", 40)]
     for _, version, probs, n in load.results:  # each answer is wholly the model it names
@@ -783,15 +790,13 @@ def test_hot_reload_under_load(server, champion):
 
 @pytest.mark.slow
 def test_failed_reload_keeps_serving_and_is_reported(server, champion, tmp_path):
-    from fraudops import registry
-
     settings = champion["settings"]
     broken = tmp_path / "not_a_model"
     broken.mkdir()
     (broken / "MLmodel").write_text("not a fraudops model\n")
-    mv = registry.client(settings).create_model_version(MODEL_NAME, source=str(broken))
+    mv = client(settings).create_model_version(MODEL_NAME, source=str(broken))
     good = str(registry.version_by_alias(settings, "champion").version)
-    registry.set_aliases(settings, {"champion": int(mv.version)})
+    registry.set_alias(settings, "champion", int(mv.version))
     try:
         health = _wait_health(server["url"], lambda h: h["status"] == "degraded")
         assert health["model_version"] == good
@@ -803,6 +808,6 @@ def test_failed_reload_keeps_serving_and_is_reported(server, champion, tmp_path)
         metrics = server["client"].get("/metrics").text
         assert 'fraudops_serve_model_reloads_total{result="failure"}' in metrics
     finally:
-        registry.set_aliases(settings, {"champion": int(good)})
+        registry.set_alias(settings, "champion", int(good))
     health = _wait_health(server["url"], lambda h: h["status"] == "ok" and h["model_version"] == good)
     assert health["last_reload_error"] is None and health["last_failed_reload"]["version"] == str(mv.version)

@@ -15,8 +15,8 @@ import polars as pl
 import pytest
 
 from fraudops.config import SimulateConfig
-from fraudops.data import AMOUNT, CUSTOMER, LABEL, SCENARIO, TERMINAL, TX_ID, TX_TIME
-from fraudops.simulate import (
+from fraudops.data.schema import AMOUNT, CUSTOMER, LABEL, SCENARIO, TERMINAL, TX_ID, TX_TIME
+from fraudops.data.simulate import (
     day_file_name,
     iter_days,
     make_profiles,

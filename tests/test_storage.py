@@ -16,7 +16,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from fraudops.storage import LAYOUT, TABLE_SUFFIXES, Storage, StorageError
+from fraudops.errors import StorageError
+from fraudops.workspace.layout import FOLDERS, TABLE_SUFFIXES
+from fraudops.workspace.storage import Storage
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -241,7 +243,7 @@ def test_keyboard_interrupt_also_cleans_up(storage: Storage) -> None:
 
 
 def test_layout_is_the_seed_bucket() -> None:
-    assert set(LAYOUT) == {
+    assert set(FOLDERS) == {
         "data/raw",
         "prod_inputs",
         "prod_outputs/predictions",
@@ -255,7 +257,7 @@ def test_layout_is_the_seed_bucket() -> None:
 
 def test_init_layout(storage: Storage) -> None:
     storage.init_layout()
-    for rel in LAYOUT:
+    for rel in FOLDERS:
         assert storage.fs.isdir(storage.path(rel)), rel
     storage.write_text("data/raw/keep.txt", "x")
     storage.init_layout()  # idempotent, keeps content

@@ -13,19 +13,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fraudops import evaluate, features, train
-from fraudops.config import (
-    DataConfig,
-    FeaturesConfig,
-    FraudopsError,
-    Settings,
-    SimulateConfig,
-    TrainConfig,
-    init_workspace,
-)
-from fraudops.data import CUSTOMER, LABEL, TX_ID, TX_TIME, fingerprint
-from fraudops.simulate import simulate
-from fraudops.storage import Storage
+from fraudops import features
+from fraudops.config import DataConfig, FeaturesConfig, Settings, SimulateConfig, TrainConfig
+from fraudops.context import StepContext
+from fraudops.data.loading import fingerprint
+from fraudops.data.schema import CUSTOMER, LABEL, TX_ID, TX_TIME
+from fraudops.data.simulate import simulate
+from fraudops.errors import FraudopsError
+from fraudops.modeling import evaluate, splits, train
+from fraudops.workspace import init_workspace
 
 SIM = SimulateConfig(n_customers=300, n_terminals=600, n_days=50, seed=1)  # 2018-04-01 .. 2018-05-20
 FIRST, LAST = dt.date(2018, 4, 1), dt.date(2018, 5, 20)
@@ -52,12 +48,12 @@ def tx() -> pl.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def parts(tx: pl.DataFrame) -> train.Split:
-    return train.split(tx, make_settings())
+def parts(tx: pl.DataFrame) -> splits.Split:
+    return splits.split(tx, make_settings())
 
 
 @pytest.fixture(scope="module")
-def trained(tx: pl.DataFrame) -> train.TrainResult:
+def trained(tx: pl.DataFrame) -> train.Trained:
     return train.train_models(tx, make_settings())
 
 
@@ -75,7 +71,7 @@ def between(frame: pl.DataFrame, start: str, end: str) -> pl.DataFrame:
 
 def test_windows_end_with_the_data_by_default():
     # 21 + 7 + 7 = 35 days ending with the last day: 2018-04-16 .. 2018-05-20
-    w = train.plan_windows(
+    w = splits.plan_windows(
         FIRST, LAST, TrainConfig(train_days=21, delay_days=7, test_days=7, validation_days=3)
     )
     assert w == {
@@ -89,7 +85,7 @@ def test_windows_end_with_the_data_by_default():
 
 def test_windows_of_the_handbook_protocol():
     cfg = TrainConfig(train_start=d("2018-07-25"), train_days=7, delay_days=7, test_days=7, validation_days=3)
-    w = train.plan_windows(d("2018-04-01"), d("2018-09-30"), cfg)
+    w = splits.plan_windows(d("2018-04-01"), d("2018-09-30"), cfg)
     assert w == {
         "train_start": d("2018-07-25"),
         "valid_start": d("2018-07-29"),
@@ -111,23 +107,23 @@ def test_windows_outside_the_data_are_an_error(cfg: TrainConfig):
     with pytest.raises(
         FraudopsError, match=r"outside the labelled data, which covers 2018-04-01\.\.2018-05-20"
     ):
-        train.plan_windows(FIRST, LAST, cfg)
+        splits.plan_windows(FIRST, LAST, cfg)
 
 
 def test_validation_must_be_shorter_than_training():
     with pytest.raises(FraudopsError, match="validation_days"):
-        train.plan_windows(FIRST, LAST, TrainConfig(train_days=3, validation_days=3))
+        splits.plan_windows(FIRST, LAST, TrainConfig(train_days=3, validation_days=3))
 
 
 def test_last_day_of_the_data_is_the_last_test_day():
     cfg = TrainConfig(train_start=d("2018-04-30"), train_days=7, delay_days=7, test_days=7)  # test 05-14..20
-    assert train.plan_windows(FIRST, LAST, cfg)["test_end"] == d("2018-05-21")
+    assert splits.plan_windows(FIRST, LAST, cfg)["test_end"] == d("2018-05-21")
 
 
 # ------------------------------------------------------------------------------- transactions split
 
 
-def test_split_parts_lie_in_their_windows(tx: pl.DataFrame, parts: train.Split):
+def test_split_parts_lie_in_their_windows(tx: pl.DataFrame, parts: splits.Split):
     # latest windows: train 04-23 .. 05-06 (fit .. 05-03, validation 05-04 .. 05-06), gap, test 05-14 .. 05-20
     assert parts.windows == {
         "train_start": "2018-04-23",
@@ -149,12 +145,12 @@ def test_split_parts_lie_in_their_windows(tx: pl.DataFrame, parts: train.Split):
         assert not gap & set(part[TX_ID].to_list())
 
 
-def test_validation_is_carved_from_the_end_of_training(parts: train.Split):
+def test_validation_is_carved_from_the_end_of_training(parts: splits.Split):
     assert parts.fit[TX_TIME].max() < parts.valid[TX_TIME].min()
     assert parts.valid[TX_TIME].max() < parts.test[TX_TIME].min()
 
 
-def test_known_compromised_cards_are_removed_from_test(tx: pl.DataFrame, parts: train.Split):
+def test_known_compromised_cards_are_removed_from_test(tx: pl.DataFrame, parts: splits.Split):
     delay = 7
     training_fraud_cards = set(parts.train.filter(pl.col(LABEL) == 1)[CUSTOMER].to_list())
     # a fraud on day F (in the gap or the test window) makes its card known from day F + delay + 1
@@ -183,7 +179,7 @@ def test_known_compromised_cards_are_removed_from_test(tx: pl.DataFrame, parts: 
     assert without_gap.height > parts.test.height
 
 
-def test_features_see_the_history_before_the_training_window(tx: pl.DataFrame, parts: train.Split):
+def test_features_see_the_history_before_the_training_window(tx: pl.DataFrame, parts: splits.Split):
     names = features.feature_names(FeaturesConfig())
     everything = features.add_features(tx, FeaturesConfig()).select(TX_ID, *names)
     for part in (parts.fit, parts.valid, parts.test):
@@ -197,8 +193,8 @@ def test_features_see_the_history_before_the_training_window(tx: pl.DataFrame, p
 
 def test_latest_ignores_train_start(tx: pl.DataFrame):
     settings = make_settings(train_start=d("2018-04-05"))
-    assert train.split(tx, settings).windows["train_start"] == "2018-04-05"
-    assert train.split(tx, settings, latest=True).windows["test_end"] == "2018-05-21"
+    assert splits.split(tx, settings).windows["train_start"] == "2018-04-05"
+    assert splits.split(tx, settings, latest=True).windows["test_end"] == "2018-05-21"
 
 
 # ----------------------------------------------------------------------------------- features kind
@@ -221,7 +217,7 @@ def features_settings() -> Settings:
 
 def test_features_kind_splits_by_time():
     df = feature_table()
-    parts = train.split(df, features_settings())
+    parts = splits.split(df, features_settings())
     assert (parts.fit.height, parts.valid.height, parts.test.height) == (640, 160, 200)
     assert parts.fit[TX_TIME].max() < parts.valid[TX_TIME].min()
     assert parts.valid[TX_TIME].max() < parts.test[TX_TIME].min()
@@ -232,7 +228,7 @@ def test_features_kind_splits_by_time():
 def test_features_kind_without_time_is_stratified():
     df = feature_table(with_time=False)
     rate = df[LABEL].mean()
-    parts = train.split(df, features_settings())
+    parts = splits.split(df, features_settings())
     assert parts.windows["split"] == "stratified"
     ids = pl.concat([parts.fit[TX_ID], parts.valid[TX_ID], parts.test[TX_ID]])
     assert sorted(ids.to_list()) == list(range(1000))  # disjoint and complete
@@ -253,7 +249,7 @@ def test_features_kind_trains_on_its_own_columns():
 # ---------------------------------------------------------------------------------------- training
 
 
-def test_train_models_picks_the_best_candidate_on_validation(trained: train.TrainResult):
+def test_train_models_picks_the_best_candidate_on_validation(trained: train.Trained):
     c = trained.candidates
     assert set(c) == {"logistic_regression", "xgboost"}
     best = max(c, key=lambda n: c[n]["valid_average_precision"])
@@ -271,7 +267,7 @@ def test_xgboost_refit_uses_the_early_stopped_number_of_trees(tx: pl.DataFrame):
     assert result.model.booster.num_boosted_rounds() == n == result.model.info["n_estimators"]
 
 
-def test_threshold_is_chosen_on_validation_and_stored(trained: train.TrainResult):
+def test_threshold_is_chosen_on_validation_and_stored(trained: train.Trained):
     info = trained.threshold_info
     assert info["strategy"] == "min_cost"
     assert info["n_days"] == 3.0  # validation days
@@ -287,7 +283,7 @@ def test_threshold_is_chosen_on_validation_and_stored(trained: train.TrainResult
     )
 
 
-def test_result_metrics_and_data_description(tx: pl.DataFrame, trained: train.TrainResult):
+def test_result_metrics_and_data_description(tx: pl.DataFrame, trained: train.Trained):
     m = trained.metrics
     assert set(evaluate.METRIC_NAMES) | {"card_precision_at_100"} <= set(m)
     assert m["roc_auc"] > 0.7 and m["average_precision"] > 3 * m["fraud_rate"]
@@ -299,7 +295,7 @@ def test_result_metrics_and_data_description(tx: pl.DataFrame, trained: train.Tr
     assert trained.seconds > 0
 
 
-def test_training_is_reproducible(tx: pl.DataFrame, trained: train.TrainResult):
+def test_training_is_reproducible(tx: pl.DataFrame, trained: train.Trained):
     again = train.train_models(tx, make_settings())
     np.testing.assert_array_equal(again.p_test, trained.p_test)
     assert again.model.threshold == trained.model.threshold
@@ -369,6 +365,6 @@ def test_unreachable_tracking_server_fails_fast_before_any_work(tmp_path):
     settings.registry.tracking_uri = "http://127.0.0.1:9"
     started = time.perf_counter()
     with pytest.raises(FraudopsError, match=r"http://127\.0\.0\.1:9 cannot be reached"):
-        train.train_step(settings, Storage(settings.workspace))
+        train.train_step(StepContext.of(settings))
     assert time.perf_counter() - started < 10
     assert not (tmp_path / "ws" / "mlflow.db").exists()

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-CONFIG_FILE = "fraudops.yaml"
+from fraudops.errors import ConfigError
 
 
 class Section(BaseModel):
@@ -213,14 +213,6 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
-class FraudopsError(Exception):
-    """A problem the user can fix (bad input, missing workspace, …): shown without a traceback."""
-
-
-class ConfigError(FraudopsError, ValueError):
-    """A configuration problem, with the offending key in the message."""
-
-
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
@@ -249,7 +241,7 @@ def _unknown_env_keys(environ: dict[str, str]) -> list[str]:
     return bad
 
 
-def parse_settings(text: str | None, *, workspace: str, source: str = CONFIG_FILE) -> Settings:
+def parse_settings(text: str | None, *, workspace: str, source: str) -> Settings:
     """Settings from YAML text (None = defaults only) plus the environment."""
     try:
         raw = yaml.safe_load(text) if text else {}
@@ -304,30 +296,3 @@ def default_yaml() -> str:
         "# FRAUDOPS_TRAIN__TRAIN_DAYS=14 or FRAUDOPS_REGISTRY__TRACKING_URI=http://mlflow:5000",
     ]
     return "\n".join(head + _describe(Settings)) + "\n"
-
-
-def load_settings(workspace: str) -> Settings:
-    """The settings of an existing workspace (its fraudops.yaml plus the environment)."""
-    from fraudops.storage import Storage
-
-    storage = Storage(workspace)
-    if not storage.exists(CONFIG_FILE):
-        raise ConfigError(
-            f"{storage.uri()} is not a fraudops workspace (no {CONFIG_FILE}): run `fraudops init {workspace}`"
-        )
-    return parse_settings(
-        storage.read_text(CONFIG_FILE), workspace=storage.url, source=storage.uri(CONFIG_FILE)
-    )
-
-
-def init_workspace(workspace: str) -> tuple[Settings, bool]:
-    """Create the seed bucket's layout and a documented fraudops.yaml (kept if present)."""
-    from fraudops.storage import Storage
-
-    storage = Storage(workspace)
-    created = not storage.exists(CONFIG_FILE)
-    if created:
-        storage.write_text(CONFIG_FILE, default_yaml())
-    settings = load_settings(workspace)
-    storage.init_layout()
-    return settings, created

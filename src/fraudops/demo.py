@@ -26,8 +26,14 @@ from typing import Any
 
 import polars as pl
 
-from fraudops.config import CONFIG_FILE, FraudopsError, SimulateConfig, init_workspace, load_settings
-from fraudops.storage import Storage
+from fraudops.config import Settings, SimulateConfig, TrainConfig
+from fraudops.data import simulate as sim
+from fraudops.data.schema import LABEL, SCENARIO, TX_TIME, to_file_columns
+from fraudops.errors import FraudopsError
+from fraudops.pipeline.reset import reset
+from fraudops.workspace import init_workspace, load_settings
+from fraudops.workspace.layout import CONFIG_FILE, CURRENT, PROD_INPUTS, RAW
+from fraudops.workspace.storage import Storage
 
 HISTORY_DAYS = 70
 WEEK = 7
@@ -51,8 +57,6 @@ train:
 
 
 def demo_xgboost(trees: int) -> dict[str, Any]:
-    from fraudops.config import TrainConfig
-
     return {**TrainConfig().xgboost, "n_estimators": trees, "learning_rate": 0.1, "early_stopping_rounds": 20}
 
 
@@ -101,10 +105,8 @@ def is_empty_workspace(storage: Storage) -> bool:
     return not any(True for _ in storage.fs.find(storage.root))
 
 
-def create(workspace: str, *, customers: int, trees: int, force: bool) -> tuple[Any, Storage, Timeline]:
+def create(workspace: str, *, customers: int, trees: int, force: bool) -> tuple[Settings, Storage, Timeline]:
     """A fresh workspace with the demo's fraudops.yaml; refuses a non-empty one unless ``force`` (reset)."""
-    from fraudops import pipeline
-
     storage = Storage(workspace)
     if not is_empty_workspace(storage):
         if not force:
@@ -113,7 +115,7 @@ def create(workspace: str, *, customers: int, trees: int, force: bool) -> tuple[
                 f"`fraudops demo {workspace} --force` (resets it first) or `fraudops reset -w {workspace}`"
             )
         if storage.exists(CONFIG_FILE):
-            pipeline.reset(load_settings(workspace), storage)
+            reset(load_settings(workspace), storage)
             storage.delete(CONFIG_FILE)
         else:
             raise FraudopsError(
@@ -136,28 +138,21 @@ def create(workspace: str, *, customers: int, trees: int, force: bool) -> tuple[
     return settings, storage, t
 
 
-def simulate(settings: Any) -> tuple[pl.DataFrame, dict[str, Any]]:
-    from fraudops import simulate as sim
-
+def simulate(settings: Settings) -> tuple[pl.DataFrame, dict[str, Any]]:
     cfg: SimulateConfig = settings.simulate
     df = sim.simulate(cfg)
     return df, sim.summary(df)
 
 
 def _days(df: pl.DataFrame, span: tuple[dt.date, dt.date]) -> pl.DataFrame:
-    from fraudops.data import TX_TIME
-
     day = pl.col(TX_TIME).dt.date()
     return df.filter((day >= span[0]) & (day < span[1]))
 
 
 def write_days(
-    storage: Storage, settings: Any, df: pl.DataFrame, folder: str, span: tuple[dt.date, dt.date]
+    storage: Storage, settings: Settings, df: pl.DataFrame, folder: str, span: tuple[dt.date, dt.date]
 ) -> int:
     """One labelled file per day (as `fraudops data simulate` writes them); returns the rows written."""
-    from fraudops import simulate as sim
-    from fraudops.data import to_file_columns
-
     part = _days(df, span)
     for day, frame in sim.iter_days(part):
         storage.write_frame(f"{folder}/{sim.day_file_name(day)}", to_file_columns(frame, settings.data))
@@ -165,20 +160,16 @@ def write_days(
 
 
 def write_batch(
-    storage: Storage, settings: Any, df: pl.DataFrame, span: tuple[dt.date, dt.date]
+    storage: Storage, settings: Settings, df: pl.DataFrame, span: tuple[dt.date, dt.date]
 ) -> tuple[str, int]:
     """A production batch to score: one unlabelled file for the span."""
-    from fraudops.data import LABEL, SCENARIO, to_file_columns
-
     part = _days(df, span).drop(LABEL, SCENARIO)
-    rel = f"prod_inputs/transactions_{span[0]}_{span[1] - dt.timedelta(days=1)}.parquet"
+    rel = f"{PROD_INPUTS}/transactions_{span[0]}_{span[1] - dt.timedelta(days=1)}.parquet"
     storage.write_frame(rel, to_file_columns(part, settings.data))
     return rel, part.height
 
 
-def stage_go_live(storage: Storage, settings: Any, df: pl.DataFrame, t: Timeline) -> dict[str, Any]:
-    from fraudops.data import CURRENT, RAW
-
+def stage_go_live(storage: Storage, settings: Settings, df: pl.DataFrame, t: Timeline) -> dict[str, Any]:
     n_hist = write_days(storage, settings, df, RAW, t.history)
     n_week = write_days(storage, settings, df, CURRENT, t.week1)
     batch, n_batch = write_batch(storage, settings, df, t.batch1)
@@ -191,15 +182,13 @@ def stage_go_live(storage: Storage, settings: Any, df: pl.DataFrame, t: Timeline
     }
 
 
-def stage_later(storage: Storage, settings: Any, df: pl.DataFrame, t: Timeline) -> dict[str, Any]:
+def stage_later(storage: Storage, settings: Settings, df: pl.DataFrame, t: Timeline) -> dict[str, Any]:
     """Four weeks on: last week's labelled data joins the history, four drifted labelled weeks arrive, and
     a new batch replaces the scored one (its predictions stay in prod_outputs/predictions/)."""
-    from fraudops.data import CURRENT, RAW
-
     for rel in storage.ls(CURRENT):
         storage.write_bytes(f"{RAW}/{rel.rsplit('/', 1)[1]}", storage.read_bytes(rel))
         storage.delete(rel)
-    for rel in storage.ls("prod_inputs"):
+    for rel in storage.ls(PROD_INPUTS):
         storage.delete(rel)
     n_cur = write_days(storage, settings, df, CURRENT, t.later)
     batch, n_batch = write_batch(storage, settings, df, t.batch2)

@@ -1,0 +1,1 @@
+"""Batch scoring: one file at a time, streamed in bounded memory, outputs committed atomically."""

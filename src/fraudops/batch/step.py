@@ -1,0 +1,150 @@
+"""The batch_inference step: every file of ``prod_inputs/`` scored with the champion (Batch Transform)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import posixpath
+import time
+
+from pydantic import BaseModel
+
+from fraudops import features
+from fraudops.batch.scoring import FileScore, score_file
+from fraudops.context import StepContext, StepResult
+from fraudops.data.loading import load_history, table_files
+from fraudops.errors import FraudopsError, StorageError
+from fraudops.modeling.registry import champion
+from fraudops.promotion import journal
+from fraudops.tracking.client import client, step_run
+from fraudops.workspace.layout import PROD_INPUTS
+
+STEP = "batch_inference"
+
+
+class BatchTotals(BaseModel):
+    files: int
+    failed_files: int
+    rows_scored: int
+    rows_rejected: int
+    rows_flagged: int
+    seconds: float
+    rows_per_second: int
+
+
+class BatchResult(StepResult):
+    """What the step scored, file by file, and with which version."""
+
+    model: str
+    model_version: int
+    scored_at: str
+    files: list[FileScore]
+    failed: dict[str, str]
+    totals: BatchTotals
+
+
+class BatchError(FraudopsError):
+    """Some files could not be scored; ``result`` holds what the run did score."""
+
+    def __init__(self, message: str, result: BatchResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def batch_step(ctx: StepContext) -> BatchResult:
+    """Score every file of prod_inputs/ with the champion; log the same to an MLflow run.
+
+    When some files fail, the others are still scored and :class:`BatchError` (with the result) is raised
+    at the end.
+    """
+    import mlflow
+
+    settings, storage = ctx.settings, ctx.storage
+    started = time.perf_counter()
+    files = table_files(storage, PROD_INPUTS)
+    if not files:
+        raise FraudopsError(
+            f"no files to score in {storage.uri(PROD_INPUTS)}: add CSV or Parquet files there"
+        )
+    client(settings)  # fail fast on an unreachable tracking server
+    journal.complete_pending(settings)
+    version, model = champion(settings)
+    model = model.with_threads(settings.train.n_jobs)
+    if settings.data.kind == "transactions":
+        unknown = [n for n in model.feature_names if n not in features.feature_names(settings.features)]
+        if unknown:
+            raise FraudopsError(
+                f"champion version {version} needs features the features configuration does not produce: "
+                f"{', '.join(unknown)}"
+            )
+    history = None
+    if settings.data.kind == "transactions":
+        loaded = load_history(storage, settings)
+        history = loaded if loaded.height else None
+    scored_at = dt.datetime.now(dt.UTC)
+    results: list[FileScore] = []
+    failures: dict[str, str] = {}
+    with step_run(settings, STEP, ctx.execution_id, ctx.parent_run_id) as run:
+        mlflow.log_params(
+            {
+                "model_name": settings.registry.model_name,
+                "model_version": version,
+                "model_kind": model.kind,
+                "threshold": model.threshold,
+                "data_kind": settings.data.kind,
+                "n_files": len(files),
+                "files": ",".join(posixpath.basename(f) for f in files)[:6000],
+                "on_invalid": settings.batch.on_invalid,
+                "chunk_rows": settings.batch.chunk_rows,
+                "join_columns": "all"
+                if settings.batch.join_columns is None
+                else ",".join(settings.batch.join_columns),
+                "n_jobs": settings.train.n_jobs,
+            }
+        )
+        for rel in files:
+            try:
+                results.append(
+                    score_file(
+                        storage,
+                        rel,
+                        model,
+                        settings,
+                        version=version,
+                        scored_at=scored_at,
+                        history=history,
+                        progress=ctx.progress,
+                    )
+                )
+            except (FraudopsError, StorageError) as e:
+                failures[rel] = str(e)
+        seconds = time.perf_counter() - started
+        rows = sum(r.rows for r in results)
+        totals = BatchTotals(
+            files=len(results),
+            failed_files=len(failures),
+            rows_scored=rows,
+            rows_rejected=sum(r.rejected for r in results),
+            rows_flagged=sum(r.flagged for r in results),
+            seconds=round(seconds, 3),
+            rows_per_second=round(rows / seconds) if seconds > 0 else 0,
+        )
+        mlflow.log_metrics({k: float(v) for k, v in totals.model_dump().items()})
+        result = BatchResult(
+            run_id=str(run.info.run_id),
+            model=settings.registry.model_name,
+            model_version=version,
+            scored_at=scored_at.isoformat(),
+            files=results,
+            failed=failures,
+            totals=totals,
+        )
+        mlflow.log_dict(result.model_dump(mode="json"), "batch_summary.json")
+        if failures:
+            mlflow.set_tag("fraudops.failed_files", ", ".join(failures)[:5000])
+            lines = "\n".join(f"- {msg}" for msg in failures.values())
+            raise BatchError(
+                f"{len(failures)} of {len(files)} files could not be scored"
+                f"{' (the others were)' if results else ''}:\n{lines}",
+                result,
+            )
+    return result

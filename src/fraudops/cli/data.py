@@ -1,0 +1,129 @@
+"""``fraudops data``: simulate, import and validate data."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+import typer
+
+from fraudops.cli.base import WorkspaceOpt, handle_errors
+from fraudops.cli.render import console, progress, spinner, table
+from fraudops.errors import FraudopsError
+from fraudops.workspace import open_workspace
+
+app = typer.Typer(help="Create, import and check data.", no_args_is_help=True)
+
+
+@app.command("simulate")
+@handle_errors
+def data_simulate(
+    workspace: WorkspaceOpt = ".",
+    out: Annotated[
+        str, typer.Option(help="Workspace folder to write the daily Parquet files to.")
+    ] = "data/raw",
+    customers: Annotated[int | None, typer.Option(help="Number of customers (cards).")] = None,
+    terminals: Annotated[int | None, typer.Option(help="Number of terminals.")] = None,
+    days: Annotated[int | None, typer.Option(help="Days simulated from --start-date.")] = None,
+    start_date: Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], help="First day.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same data).")] = None,
+    drift_start: Annotated[
+        dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], help="Add drift from this day on.")
+    ] = None,
+    first_day: Annotated[
+        dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], help="Write only days from this one.")
+    ] = None,
+    last_day: Annotated[
+        dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], help="Write only days up to this one.")
+    ] = None,
+    unlabelled: Annotated[
+        bool, typer.Option(help="Leave out the label and scenario (files to score).")
+    ] = False,
+) -> None:
+    """Simulate card transactions (the fraud handbook's generator), one Parquet file per day."""
+    from fraudops.data import simulate
+    from fraudops.data.schema import LABEL, SCENARIO, to_file_columns
+
+    settings, storage = open_workspace(workspace)
+    if settings.data.kind != "transactions":
+        raise FraudopsError(
+            "the simulator makes raw transactions, but this workspace's data.kind is 'features'"
+        )
+    overrides = {
+        "n_customers": customers,
+        "n_terminals": terminals,
+        "n_days": days,
+        "start_date": start_date.date() if start_date else None,
+        "seed": seed,
+        "drift_start": drift_start.date() if drift_start else None,
+    }
+    cfg = settings.simulate.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    cfg = type(cfg).model_validate(cfg.model_dump())
+    with spinner(f"simulating {cfg.n_customers:,} customers × {cfg.n_days} days"):
+        df = simulate.simulate(cfg)
+    stats = simulate.summary(df)
+    days_out = [
+        (day, frame)
+        for day, frame in simulate.iter_days(df)
+        if (first_day is None or day >= first_day.date()) and (last_day is None or day <= last_day.date())
+    ]
+    if not days_out:
+        raise FraudopsError("no simulated day falls between --first-day and --last-day")
+    with progress() as bar:
+        task = bar.add_task(f"writing {storage.uri(out)}", total=len(days_out))
+        for day, frame in days_out:
+            if unlabelled:
+                frame = frame.drop(LABEL, SCENARIO)
+            storage.write_frame(f"{out}/{simulate.day_file_name(day)}", to_file_columns(frame, settings.data))
+            bar.advance(task)
+    written = sum(f.height for _, f in days_out)
+    console.print(table("simulated", stats))
+    console.print(
+        f"wrote {len(days_out)} daily files ({written:,} transactions"
+        f"{', unlabelled' if unlabelled else ''}) to {storage.uri(out)}"
+    )
+
+
+@app.command("import")
+@handle_errors
+def data_import(
+    files: Annotated[list[str], typer.Argument(help="CSV or Parquet files (paths or fsspec URLs).")],
+    workspace: WorkspaceOpt = ".",
+    force: Annotated[bool, typer.Option(help="Replace files of the same name in data/raw/.")] = False,
+) -> None:
+    """Validate files and copy them into data/raw/ (all or nothing)."""
+    from fraudops.data.loading import import_files
+
+    settings, storage = open_workspace(workspace)
+    with spinner("validating"):
+        results = import_files(storage, settings, files, force=force)
+    console.print(table("imported", results))
+
+
+@app.command("validate")
+@handle_errors
+def data_validate(
+    files: Annotated[list[str], typer.Argument(help="CSV or Parquet files (paths or fsspec URLs).")],
+    workspace: WorkspaceOpt = ".",
+) -> None:
+    """Check files against the workspace's data kind and column mapping, without copying them."""
+    from fraudops.data.loading import read_source
+    from fraudops.data.validation import validate
+    from fraudops.errors import DataValidationError
+
+    settings, _ = open_workspace(workspace)
+    problems = []
+    rows = []
+    for f in files:
+        try:
+            v = validate(read_source(f), settings.data, f)
+        except DataValidationError as e:
+            problems += e.problems
+            continue
+        problems += v.problems
+        rows.append({"file": f, "rows": v.frame.height, "invalid rows": v.rejects.height})
+    if rows:
+        console.print(table("checked", rows))
+    if problems:
+        raise DataValidationError(problems)
+    console.print("[green]all files valid[/]")

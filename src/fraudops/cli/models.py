@@ -1,0 +1,91 @@
+"""Model commands: train, register, select-champion, and ``fraudops champion show|rollback``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+import typer
+
+from fraudops.cli.base import WorkspaceOpt, handle_errors, run_one
+from fraudops.cli.render import console, print_outputs, table
+from fraudops.context import StepResult
+from fraudops.workspace import open_workspace
+
+champion_app = typer.Typer(help="Show or roll back the champion model.", no_args_is_help=True)
+
+
+@handle_errors
+def train(
+    workspace: WorkspaceOpt = ".",
+    train_start: Annotated[
+        dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], help="First training day (default: latest).")
+    ] = None,
+    train_days: Annotated[int | None, typer.Option(help="Training window, days.")] = None,
+    delay_days: Annotated[
+        int | None, typer.Option(help="Label-delay gap between training and test, days.")
+    ] = None,
+    test_days: Annotated[int | None, typer.Option(help="Test window, days.")] = None,
+) -> None:
+    """Train the candidates on a time split, pick the best, log everything to MLflow."""
+    settings, storage = open_workspace(workspace)
+    overrides = {
+        "train_start": train_start.date() if train_start else None,
+        "train_days": train_days,
+        "delay_days": delay_days,
+        "test_days": test_days,
+    }
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(settings.train, k, v)
+    print_outputs("trained", run_one(settings, storage, "train", workspace))
+
+
+@handle_errors
+def register(
+    workspace: WorkspaceOpt = ".",
+    run_id: Annotated[
+        str | None, typer.Option(help="Train run to register (default: newest unregistered).")
+    ] = None,
+) -> None:
+    """Register a trained model as a new version, aliased challenger."""
+    settings, storage = open_workspace(workspace)
+    previous = {"train": StepResult(run_id=run_id)} if run_id else None
+    print_outputs("registered", run_one(settings, storage, "register", workspace, previous))
+
+
+@handle_errors
+def select_champion(workspace: WorkspaceOpt = ".") -> None:
+    """Compare challenger and champion on the same recent window; promote if the challenger wins."""
+    settings, storage = open_workspace(workspace)
+    print_outputs("champion selection", run_one(settings, storage, "select_champion", workspace))
+
+
+@champion_app.command("show")
+@handle_errors
+def champion_show(workspace: WorkspaceOpt = ".") -> None:
+    """Registered versions, their aliases and metrics."""
+    from fraudops.tracking.registry import describe
+
+    settings, _ = open_workspace(workspace)
+    info = describe(settings)
+    if not info["versions"]:
+        console.print(f"no versions of {info['model']} yet")
+        return
+    console.print(table(f"{info['model']} (aliases: {info['aliases']})", info["versions"]))
+
+
+@champion_app.command("rollback")
+@handle_errors
+def champion_rollback(
+    workspace: WorkspaceOpt = ".",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Make the previous champion champion again."""
+    from fraudops.context import StepContext
+    from fraudops.promotion.champion import rollback
+
+    settings, storage = open_workspace(workspace)
+    if not yes:
+        typer.confirm("Roll the champion back to the previous champion?", abort=True)
+    print_outputs("rollback", rollback(StepContext(settings, storage)).model_dump())

@@ -1,0 +1,1 @@
+"""Modeling: the model kinds behind one protocol, leak-free splits, training, metrics and charts."""

@@ -1,0 +1,313 @@
+"""Training: a leak-free time split, candidate models, a threshold chosen on validation, test metrics.
+
+Candidates are fitted on *fit*, compared on *validation* (average precision), and the winner's
+threshold is chosen on its validation scores; then every candidate is refitted on the whole training
+window (XGBoost with the early-stopped number of trees) and scored on the test window, from which cards
+already known to be compromised are removed (simulator.md). The features kind splits by its time column
+(last rows for test) or, without one, stratified at random.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from fraudops import features
+from fraudops.config import Settings, TrainConfig
+from fraudops.context import StepContext, StepResult
+from fraudops.data.loading import fingerprint, load_labelled
+from fraudops.data.schema import CUSTOMER, LABEL, TX_TIME, model_inputs
+from fraudops.errors import FraudopsError
+from fraudops.modeling import evaluate, plots
+from fraudops.modeling.model import FraudModel, LogisticModel, XGBoostModel
+from fraudops.modeling.pyfunc import log_model
+from fraudops.modeling.splits import Split, split
+from fraudops.tracking.client import client, flat_metrics, step_run
+
+
+@dataclasses.dataclass
+class Trained:
+    """The chosen model with everything training learned about it (logged by :func:`log_training`)."""
+
+    model: FraudModel
+    metrics: dict[str, float]
+    candidates: dict[str, dict[str, Any]]
+    threshold_info: dict[str, Any]
+    windows: dict[str, str]
+    data: dict[str, Any]
+    y_test: np.ndarray
+    p_test: np.ndarray
+    test_frame: pl.DataFrame
+    importances: dict[str, float]
+    seconds: float
+
+
+def input_names(df: pl.DataFrame, settings: Settings) -> list[str]:
+    if settings.data.kind == "transactions":
+        return features.feature_names(settings.features)
+    return model_inputs(df, settings.data)
+
+
+def _check_labels(parts: Split, cfg: TrainConfig) -> None:
+    for name, part in (("fit", parts.fit), ("validation", parts.valid), ("test", parts.test)):
+        frauds = int(part[LABEL].sum()) if part.height else 0
+        if part.height == 0:
+            raise FraudopsError(f"the {name} window has no labelled rows ({parts.windows})")
+        if frauds == part.height:
+            raise FraudopsError(f"the {name} window has only frauds: both classes are needed")
+        if frauds < cfg.min_frauds:
+            raise FraudopsError(
+                f"the {name} window has {frauds} frauds, fewer than train.min_frauds={cfg.min_frauds} "
+                f"({part.height:,} rows; windows {parts.windows})"
+            )
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, names: list[str], cfg: TrainConfig) -> LogisticModel:
+    """Standardised, class-balanced logistic regression: the baseline."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean = x.mean(axis=0, dtype=np.float64)
+    scale = x.std(axis=0, dtype=np.float64)
+    scale[scale == 0] = 1.0
+    lr = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=cfg.seed)
+    lr.fit((x - mean) / scale, y)
+    return LogisticModel(
+        names,
+        0.5,
+        mean=mean,
+        scale=scale,
+        coef=lr.coef_[0].astype(np.float64),
+        intercept=float(lr.intercept_[0]),
+    )
+
+
+def _positive_weight(value: float | str, y: np.ndarray) -> float:
+    """xgboost.scale_pos_weight: a number, or "balanced" (genuine / frauds) or "sqrt" (its square root).
+
+    The default, 1, leaves the trees unweighted: weighting the frauds up measurably lowers test average
+    precision on the handbook's data (benchmarks/bench_quality.py); the imbalance is handled where it
+    matters for decisions, by the cost-based threshold chosen on validation and by early stopping on PR AUC.
+    """
+    if isinstance(value, str):
+        pos = max(float(y.sum()), 1.0)
+        ratio = (len(y) - pos) / pos
+        if value not in ("balanced", "sqrt"):
+            raise FraudopsError(
+                f"train.xgboost.scale_pos_weight: a number, 'balanced' or 'sqrt', not {value!r}"
+            )
+        return float(ratio if value == "balanced" else np.sqrt(ratio))
+    return float(value)
+
+
+def fit_xgboost(
+    x: np.ndarray,
+    y: np.ndarray,
+    names: list[str],
+    cfg: TrainConfig,
+    *,
+    eval_set: tuple | None = None,
+    n_estimators: int | None = None,
+) -> XGBoostModel:
+    """Gradient-boosted trees; early stopping on validation PR AUC when an eval set is given."""
+    import xgboost
+
+    params = dict(cfg.xgboost)
+    stopping = params.pop("early_stopping_rounds", None)
+    if n_estimators is not None:
+        params["n_estimators"] = n_estimators
+    params["scale_pos_weight"] = _positive_weight(params.pop("scale_pos_weight", 1.0), y)
+    params = {
+        "tree_method": "hist",
+        "eval_metric": "aucpr",
+        "n_jobs": cfg.n_jobs,
+        "random_state": cfg.seed,
+        **params,
+    }
+    clf = xgboost.XGBClassifier(**params, early_stopping_rounds=stopping if eval_set is not None else None)
+    clf.fit(x, y, eval_set=[eval_set] if eval_set is not None else None, verbose=False)
+    booster = clf.get_booster()
+    best_iteration = getattr(clf, "best_iteration", None) if eval_set is not None and stopping else None
+    best = booster.num_boosted_rounds() if best_iteration is None else int(best_iteration) + 1
+    if best < booster.num_boosted_rounds():
+        booster = booster[:best]
+    booster.feature_names = None
+    return XGBoostModel(names, 0.5, info={"n_estimators": best}, booster=booster)
+
+
+def _fit(
+    name: str, x: np.ndarray, y: np.ndarray, names: list[str], cfg: TrainConfig, **kw: Any
+) -> FraudModel:
+    if name == "logistic_regression":
+        return fit_logistic(x, y, names, cfg)
+    return fit_xgboost(x, y, names, cfg, **kw)
+
+
+def train_models(df: pl.DataFrame, settings: Settings) -> Trained:
+    """Fit every candidate, pick the best on validation, refit on the training window, test it."""
+    started = time.perf_counter()
+    cfg = settings.train
+    if df.height == 0 or LABEL not in df.columns:
+        raise FraudopsError(
+            "no labelled data: add labelled files to data/raw/ (fraudops data import / simulate)"
+        )
+    if df[LABEL].n_unique() < 2:
+        raise FraudopsError(
+            f"the labelled data has one class only ({LABEL} = {df[LABEL][0]}): both are needed"
+        )
+    parts = split(df, settings)
+    names = input_names(df, settings)
+    _check_labels(parts, cfg)
+
+    def xy(part: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        return part.select(names).to_numpy().astype(np.float32), part[LABEL].to_numpy().astype(np.int32)
+
+    x_fit, y_fit = xy(parts.fit)
+    x_val, y_val = xy(parts.valid)
+    train_part = parts.train
+    x_train, y_train = xy(train_part)
+    x_test, y_test = xy(parts.test)
+    test_frame = parts.test.select([c for c in (CUSTOMER, TX_TIME) if c in parts.test.columns])
+
+    candidates: dict[str, dict[str, Any]] = {}
+    fitted: dict[str, tuple[FraudModel, np.ndarray]] = {}
+    for name in cfg.candidates:
+        t0 = time.perf_counter()
+        first = _fit(name, x_fit, y_fit, names, cfg, eval_set=(x_val, y_val))
+        p_val = first.predict_proba(x_val)
+        refit = _fit(name, x_train, y_train, names, cfg, n_estimators=first.info.get("n_estimators"))
+        fitted[name] = (refit, p_val)
+        p_test = refit.predict_proba(x_test)
+        candidates[name] = {
+            "valid_average_precision": evaluate.average_precision(y_val, p_val),
+            "test": evaluate.evaluate(
+                y_test, p_test, 0.5, costs=cfg.threshold, frame=test_frame, k=cfg.top_k
+            ),
+            "seconds": time.perf_counter() - t0,
+            **({"n_estimators": refit.info["n_estimators"]} if "n_estimators" in refit.info else {}),
+        }
+    best = max(candidates, key=lambda n: np.nan_to_num(candidates[n]["valid_average_precision"], nan=-1))
+    model, p_val = fitted[best]
+    threshold, threshold_info = evaluate.choose_threshold(y_val, p_val, cfg.threshold, parts.n_valid_days)
+    model.threshold = float(threshold)
+    p_test = model.predict_proba(x_test)
+    metrics = evaluate.evaluate(
+        y_test, p_test, model.threshold, costs=cfg.threshold, frame=test_frame, k=cfg.top_k
+    )
+    candidates[best]["test"] = metrics
+    model.info.update({"candidate": best, "windows": parts.windows})
+    data = {
+        "fingerprint": fingerprint(df),
+        "rows": {"fit": parts.fit.height, "valid": parts.valid.height, "test": parts.test.height},
+        "frauds": {
+            "fit": int(y_fit.sum()),
+            "valid": int(y_val.sum()),
+            "test": int(y_test.sum()),
+        },
+    }
+    return Trained(
+        model=model,
+        metrics=metrics,
+        candidates=candidates,
+        threshold_info=threshold_info,
+        windows=parts.windows,
+        data=data,
+        y_test=y_test,
+        p_test=p_test,
+        test_frame=parts.test.select(
+            [c for c in parts.test.columns if c in (*names, CUSTOMER, TX_TIME, LABEL)]
+        ),
+        importances=model.importances(),
+        seconds=time.perf_counter() - started,
+    )
+
+
+class TrainResult(StepResult):
+    """The train step's hand-over: the MLflow run that holds the chosen model, and its test figures."""
+
+    model: str
+    threshold: float
+    average_precision: float
+    roc_auc: float
+    card_precision_at_k: float | None = None
+    test_rows: int
+    test_frauds: int
+    windows: dict[str, str]
+    seconds: float
+
+
+def log_training(
+    result: Trained, settings: Settings, *, execution_id: str | None = None, parent_run_id: str | None = None
+) -> str:
+    """Log what training learned: params, metrics, curves, data fingerprint, the model. Returns the run id."""
+    import mlflow
+
+    with step_run(
+        settings, "train", execution_id, parent_run_id, run_name=f"train-{result.model.kind}"
+    ) as run:
+        cfg = settings.train
+        mlflow.log_params(
+            {
+                "data_kind": settings.data.kind,
+                "candidate": result.model.kind,
+                "candidates": ",".join(cfg.candidates),
+                "threshold_strategy": cfg.threshold.strategy,
+                "threshold": result.model.threshold,
+                "cost_missed_fraud": cfg.threshold.cost_missed_fraud,
+                "cost_false_alert": cfg.threshold.cost_false_alert,
+                "n_features": len(result.model.feature_names),
+                **{f"window_{k}": v for k, v in result.windows.items()},
+                **({f"xgb_{k}": v for k, v in cfg.xgboost.items()} if result.model.kind == "xgboost" else {}),
+                "seed": cfg.seed,
+            }
+        )
+        mlflow.log_metrics(flat_metrics("test_", result.metrics))
+        for name, cand in result.candidates.items():
+            mlflow.log_metrics(flat_metrics(f"{name}.test_", cand["test"]))
+            mlflow.log_metric(f"{name}.valid_average_precision", float(cand["valid_average_precision"]))
+        fp = result.data["fingerprint"]
+        mlflow.set_tags({f"data.{k}": str(v) for k, v in fp.items()})
+        mlflow.log_dict(result.data, "data_fingerprint.json")
+        mlflow.log_dict(
+            {"candidates": result.candidates, "threshold": result.threshold_info, "windows": result.windows},
+            "training_summary.json",
+        )
+        mlflow.log_dict(result.importances, "feature_importances.json")
+        conf = {k: result.metrics[k] for k in ("tp", "fp", "tn", "fn")}
+        names, values = zip(*sorted(result.importances.items(), key=lambda kv: -kv[1]), strict=True)
+        for fig, path in (
+            (plots.plot_pr_curve(result.y_test, result.p_test), "plots/pr_curve.png"),
+            (plots.plot_roc_curve(result.y_test, result.p_test), "plots/roc_curve.png"),
+            (plots.plot_confusion(conf), "plots/confusion_matrix.png"),
+            (plots.plot_importances(list(names), list(values)), "plots/feature_importances.png"),
+        ):
+            mlflow.log_figure(fig, path)
+        example = result.test_frame.select(result.model.feature_names).head(5).cast(pl.Float64).to_pandas()
+        log_model(result.model, example)
+        return str(run.info.run_id)
+
+
+def train_step(ctx: StepContext) -> TrainResult:
+    """The pipeline's train step: labelled data in, a tracked MLflow run out."""
+    settings = ctx.settings
+    client(settings)  # fail fast on an unreachable tracking server, before any work
+    df = load_labelled(ctx.storage, settings)
+    trained = train_models(df, settings)
+    run_id = log_training(trained, settings, execution_id=ctx.execution_id, parent_run_id=ctx.parent_run_id)
+    m = trained.metrics
+    cp = next((v for k, v in m.items() if k.startswith("card_precision_at_")), None)
+    return TrainResult(
+        run_id=run_id,
+        model=trained.model.kind,
+        threshold=round(trained.model.threshold, 6),
+        average_precision=round(m["average_precision"], 4),
+        roc_auc=round(m["roc_auc"], 4),
+        card_precision_at_k=None if cp is None else round(cp, 4),
+        test_rows=int(m["n_rows"]),
+        test_frauds=int(m["n_frauds"]),
+        windows=trained.windows,
+        seconds=round(trained.seconds, 1),
+    )

@@ -1,0 +1,1 @@
+"""The pipeline: the declared graph, the executor, its history, the retraining trigger and reset."""

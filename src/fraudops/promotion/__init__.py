@@ -1,0 +1,1 @@
+"""Promotion: registering challengers, the champion/challenger rule, rollback, the monitoring reference."""
