@@ -12,7 +12,7 @@ $(UV):
 	.tools/bin/pip install --quiet --disable-pip-version-check uv==0.13.9
 
 .venv/.synced: $(UV) uv.lock pyproject.toml
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 	touch $@
 
 setup: .venv/.synced

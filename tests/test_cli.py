@@ -268,9 +268,10 @@ def test_simulate_empty_day_range(ws: Path) -> None:
     assert raw_files(ws) == []
 
 
-def test_simulate_bad_option() -> None:
-    r = run("data", "simulate", "--days", "0")
-    assert r.exit_code != 0
+def test_simulate_bad_option(ws: Path) -> None:
+    r = run("data", "simulate", "-w", str(ws), "--days", "0")
+    assert r.exit_code == 1 and "simulate.n_days: Input should be greater than 0 (got 0)" in r.text
+    assert raw_files(ws) == []
 
 
 def test_workspace_option_wins_over_environment(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -20,6 +20,9 @@ from fraudops.errors import ConfigError
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+S = TypeVar("S", bound=Section)
 
 
 class Columns(Section):
@@ -74,7 +77,7 @@ class SimulateConfig(Section):
     n_days: int = Field(183, gt=0)
     start_date: dt.date = dt.date(2018, 4, 1)
     radius: float = Field(5.0, gt=0, description="a customer uses terminals closer than this")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     drift_start: dt.date | None = Field(
         None, description="from this day on (included), add the drifts below; null = no drift"
     )
@@ -129,7 +132,7 @@ class TrainConfig(Section):
     top_k: int = Field(100, gt=0, description="cards an investigation team checks a day (CP@k)")
     min_frauds: int = Field(10, ge=1, description="fewer frauds in a window is an error")
     n_jobs: int = Field(2, ge=1)
-    seed: int = 42
+    seed: int = Field(42, ge=0)
 
 
 class RegistryConfig(Section):
@@ -213,10 +216,19 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def updated(section: S, changes: dict[str, Any], name: str) -> S:
+    """A copy of the settings section ``name`` with ``changes`` (e.g. from command-line options),
+    validated: a bad value is a ConfigError naming the setting, not a pydantic traceback."""
+    try:
+        return type(section).model_validate({**section.model_dump(), **changes})
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, "the command-line options", prefix=name)) from e
+
+
+def format_validation_error(err: ValidationError, source: str, prefix: str | None = None) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in ([prefix] if prefix else []) + list(e["loc"])) or "(top level)"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         value = e.get("input")
         shown = "" if e["type"] == "extra_forbidden" or isinstance(value, dict) else f" (got {value!r})"
@@ -241,10 +253,25 @@ def _unknown_env_keys(environ: dict[str, str]) -> list[str]:
     return bad
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML where a key given twice in one mapping is an error (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_settings(text: str | None, *, workspace: str, source: str) -> Settings:
     """Settings from YAML text (None = defaults only) plus the environment."""
     try:
-        raw = yaml.safe_load(text) if text else {}
+        raw = yaml.load(text, Loader=_StrictLoader) if text else {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{source} is not valid YAML: {e}") from e
     if raw is None:

@@ -16,7 +16,7 @@ from fraudops.errors import FraudopsError, StorageError
 from fraudops.modeling.registry import champion
 from fraudops.promotion import journal
 from fraudops.tracking.client import client, step_run
-from fraudops.workspace.layout import PROD_INPUTS
+from fraudops.workspace.layout import PREDICTIONS, PROD_INPUTS
 
 STEP = "batch_inference"
 
@@ -67,6 +67,7 @@ def batch_step(ctx: StepContext) -> BatchResult:
         )
     client(settings)  # fail fast on an unreachable tracking server
     journal.complete_pending(settings)
+    storage.remove_leftovers(PREDICTIONS)
     version, model = champion(settings)
     model = model.with_threads(settings.train.n_jobs)
     if settings.data.kind == "transactions":

@@ -9,6 +9,7 @@ import typer
 
 from fraudops.cli.base import WorkspaceOpt, handle_errors
 from fraudops.cli.render import console, progress, spinner, table
+from fraudops.config import updated
 from fraudops.errors import FraudopsError
 from fraudops.workspace import open_workspace
 
@@ -57,8 +58,7 @@ def data_simulate(
         "seed": seed,
         "drift_start": drift_start.date() if drift_start else None,
     }
-    cfg = settings.simulate.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    cfg = type(cfg).model_validate(cfg.model_dump())
+    cfg = updated(settings.simulate, {k: v for k, v in overrides.items() if v is not None}, "simulate")
     with spinner(f"simulating {cfg.n_customers:,} customers × {cfg.n_days} days"):
         df = simulate.simulate(cfg)
     stats = simulate.summary(df)

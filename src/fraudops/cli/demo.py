@@ -8,19 +8,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from fraudops.batch.step import BatchResult
 from fraudops.cli.base import finish, handle_errors
 from fraudops.cli.render import ExecutionPrinter, console, duration, fmt, spinner, table
 from fraudops.config import Settings
-from fraudops.monitoring.step import MonitorResult
-from fraudops.pipeline.graph import PIPELINE
-from fraudops.promotion.champion import ChampionResult
-from fraudops.tracking import registry
 from fraudops.workspace.layout import PREDICTIONS, REPORT_HTML
 from fraudops.workspace.storage import Storage
 
 
 def _champion_line(settings: Settings) -> str:
+    from fraudops.tracking import registry
+
     champion = registry.version_by_alias(settings, registry.CHAMPION)
     if champion is None:
         return "none"
@@ -40,12 +37,17 @@ def _champion_line(settings: Settings) -> str:
 
 
 def _result(record: dict[str, Any], name: str) -> Any:
+    from fraudops.pipeline.graph import PIPELINE
+
     step = next((s for s in record["steps"] if s["name"] == name and s.get("outputs")), None)
     return None if step is None else PIPELINE.result(name, step["outputs"])
 
 
 def _report(record: dict[str, Any], settings: Settings, storage: Storage) -> None:
     """What an execution of the demo did, in a few lines."""
+    from fraudops.batch.step import BatchResult
+    from fraudops.monitoring.step import MonitorResult
+
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
@@ -96,6 +98,7 @@ def demo(
     from fraudops import demo as d
     from fraudops.pipeline.executor import execute
     from fraudops.pipeline.trigger import trigger
+    from fraudops.promotion.champion import ChampionResult
 
     started = time.monotonic()
     settings, storage, t = d.create(workspace, customers=customers, trees=trees, force=force)

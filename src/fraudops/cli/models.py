@@ -9,6 +9,7 @@ import typer
 
 from fraudops.cli.base import WorkspaceOpt, handle_errors, run_one
 from fraudops.cli.render import console, print_outputs, table
+from fraudops.config import updated
 from fraudops.context import StepResult
 from fraudops.workspace import open_workspace
 
@@ -35,9 +36,8 @@ def train(
         "delay_days": delay_days,
         "test_days": test_days,
     }
-    for k, v in overrides.items():
-        if v is not None:
-            setattr(settings.train, k, v)
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    settings.train = updated(settings.train, changes, "train")
     print_outputs("trained", run_one(settings, storage, "train", workspace))
 
 

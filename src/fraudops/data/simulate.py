@@ -41,13 +41,6 @@ COMPROMISED_CUSTOMERS_PER_DAY, CUSTOMER_DAYS, CUSTOMER_AMOUNT_FACTOR = 3, 14, 5.
 BURST_SIZE = (5, 15)
 BURST_AMOUNT = (1.0, 20.0)
 BURST_END_SECOND = 6 * 3600
-SCENARIO_NAMES = {
-    0: "genuine",
-    1: "amount > 220",
-    2: "compromised terminal",
-    3: "compromised customer",
-    4: "night bursts (drift)",
-}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fraudops.config import ThresholdConfig
 from fraudops.data.schema import CUSTOMER, LABEL, TX_TIME
@@ -103,6 +102,8 @@ def _safe_div(a: float, b: float) -> float:
 def roc_auc(y: Any, p: Any) -> float:
     """Area under the ROC curve (scikit-learn's definition); NaN unless both classes are present."""
     ya, pa = as_arrays(y, p)
+    from sklearn.metrics import roc_auc_score  # scikit-learn takes a second to import: only when used
+
     return float(roc_auc_score(ya, pa)) if both_classes(ya) else math.nan
 
 
@@ -110,6 +111,8 @@ def average_precision(y: Any, p: Any) -> float:
     """Average precision (scikit-learn's step-wise definition, no interpolation); NaN unless both
     classes are present."""
     ya, pa = as_arrays(y, p)
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(ya, pa)) if both_classes(ya) else math.nan
 
 

@@ -199,6 +199,7 @@ def monitor_step(ctx: StepContext) -> MonitorResult:
 
     settings, storage = ctx.settings, ctx.storage
     journal.complete_pending(settings)
+    storage.remove_leftovers(layout.MONITORING)
     version, model = champion(settings)
     ref, ref_data = reference.read(storage, version)
     decision, current_metrics, drift, judged, scores, y = _judge(ctx, model, ref, ref_data, version)

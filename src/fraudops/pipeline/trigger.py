@@ -18,7 +18,7 @@ from fraudops.errors import FraudopsError, StorageError
 from fraudops.pipeline.executor import Event, execute
 from fraudops.pipeline.graph import TRIGGER_INPUT
 from fraudops.pipeline.history import RUNNING, new_execution_id, now_iso
-from fraudops.workspace.layout import DECISION_CSV, TRIGGER_STATE
+from fraudops.workspace.layout import DECISION_CSV, DECISION_DIR, TRIGGER_STATE
 from fraudops.workspace.lock import WorkspaceLock
 from fraudops.workspace.storage import Storage
 
@@ -99,6 +99,7 @@ def trigger(
         decision = read_decision(storage)  # it may have changed while we waited for the lock
         if decision["retraining_required"] == "NO":
             return {"action": "none", "decision": decision}
+        storage.remove_leftovers(DECISION_DIR)
         state = _trigger_state(storage)
         done = next((h for h in state["handled"] if h.get("key") == decision["key"]), None)
         if done and not force:

@@ -105,10 +105,51 @@ def _decision_tags(decision: str, reasons: list[str]) -> dict[str, str]:
     return {registry.DECISION_TAG: decision, registry.DECISION_REASONS_TAG: "; ".join(reasons)}
 
 
+def _result(settings: Settings, change: journal.Change, run_id: str, *notes: str) -> ChampionResult:
+    """What a (possibly interrupted, now complete) selection or rollback decided, and the aliases after it."""
+    current = registry.aliases(settings)
+    return ChampionResult(
+        run_id=run_id,
+        decision=change.decision,
+        challenger_version=None
+        if change.decision == "rollback"
+        else (change.record.get("challenger") or {}).get("version"),
+        champion_version=current.get(registry.CHAMPION),
+        previous_champion_version=current.get(registry.PREVIOUS),
+        reasons=[*change.record.get("reasons", []), *notes],
+        window=change.record.get("window", {}),
+    )
+
+
+def _commit(
+    ctx: StepContext,
+    decision: Literal["promoted", "rejected", "rollback"],
+    aliases: dict[str, int | None],
+    version_tags: dict[int, dict[str, str]],
+    record: dict[str, Any],
+) -> ChampionResult:
+    step = "rollback" if decision == "rollback" else "select_champion"
+    change = journal.new_change(
+        decision,
+        step,
+        aliases=aliases,
+        version_tags=version_tags,
+        record=json_safe(record),
+        execution_id=ctx.execution_id,
+        parent_run_id=ctx.parent_run_id,
+    )
+    return _result(ctx.settings, change, journal.commit(ctx.settings, change))
+
+
 def select_champion_step(ctx: StepContext) -> ChampionResult:
-    """Score challenger and champion on the same recent window; promote by the rule; record why."""
+    """Score challenger and champion on the same recent window; promote by the rule; record why.
+
+    Run again after it was interrupted (``--resume``), it completes that decision rather than deciding anew.
+    """
     settings, storage = ctx.settings, ctx.storage
-    journal.complete_pending(settings)
+    completed = journal.complete_pending(settings)
+    if completed is not None and completed[0].step == "select_champion":
+        return _result(settings, *completed, "completed after an interruption")
     challenger = registry.version_by_alias(settings, registry.CHALLENGER)
     if challenger is None:
         raise FraudopsError(
@@ -145,31 +186,18 @@ def select_champion_step(ctx: StepContext) -> ChampionResult:
             storage, settings, ch_v, ch_model, window.whole, m_ch, window.windows, window.labelled
         )
         aliases = {registry.CHAMPION: ch_v, registry.PREVIOUS: old, registry.CHALLENGER: None}
-    change = journal.new_change(
-        decision,
-        "select_champion",
-        aliases=aliases,
-        version_tags={ch_v: _decision_tags(decision, reasons)},
-        record=json_safe(record),
-        execution_id=ctx.execution_id,
-        parent_run_id=ctx.parent_run_id,
-    )
-    run_id = journal.commit(settings, change)
-    return ChampionResult(
-        run_id=run_id,
-        decision=decision,
-        challenger_version=ch_v,
-        champion_version=ch_v if promote else old,
-        previous_champion_version=old if promote else registry.aliases(settings).get(registry.PREVIOUS),
-        reasons=reasons,
-        window=window.windows,
-    )
+    return _commit(ctx, decision, aliases, {ch_v: _decision_tags(decision, reasons)}, record)
 
 
 def rollback(ctx: StepContext) -> ChampionResult:
-    """Make the previous champion champion again (the demoted one becomes previous_champion)."""
+    """Make the previous champion champion again (the demoted one becomes previous_champion).
+
+    Asked again after a rollback was interrupted, it completes that rollback rather than undoing it.
+    """
     settings, storage = ctx.settings, ctx.storage
-    journal.complete_pending(settings)
+    completed = journal.complete_pending(settings)
+    if completed is not None and completed[0].decision == "rollback":
+        return _result(settings, *completed, "completed after an interruption")
     current = registry.aliases(settings)
     previous, champion = current.get(registry.PREVIOUS), current.get(registry.CHAMPION)
     if previous is None:
@@ -194,22 +222,5 @@ def rollback(ctx: StepContext) -> ChampionResult:
         "challenger": {"version": previous, "metrics": metrics},
         "champion": {"version": champion} if champion is not None else None,
     }
-    change = journal.new_change(
-        "rollback",
-        "rollback",
-        aliases={registry.CHAMPION: previous, registry.PREVIOUS: champion},
-        version_tags={previous: {registry.DECISION_TAG: "rolled_back_to"}},
-        record=json_safe(record),
-        execution_id=ctx.execution_id,
-        parent_run_id=ctx.parent_run_id,
-    )
-    run_id = journal.commit(settings, change)
-    return ChampionResult(
-        run_id=run_id,
-        decision="rollback",
-        challenger_version=None,
-        champion_version=previous,
-        previous_champion_version=champion,
-        reasons=reasons,
-        window=window.windows,
-    )
+    aliases = {registry.CHAMPION: previous, registry.PREVIOUS: champion}
+    return _commit(ctx, "rollback", aliases, {previous: {registry.DECISION_TAG: "rolled_back_to"}}, record)

@@ -118,8 +118,8 @@ def commit(settings: Settings, change: Change) -> str:
     return apply(settings, change)
 
 
-def complete_pending(settings: Settings) -> Change | None:
-    """Finish a change a crashed process left half-applied (None when there was none)."""
+def complete_pending(settings: Settings) -> tuple[Change, str] | None:
+    """Finish a change a crashed process left half-applied: (the change, its decision run), or None."""
     pending = registry.pending(settings)
     if pending is None:
         return None
@@ -131,5 +131,4 @@ def complete_pending(settings: Settings) -> Change | None:
         change.decision,
         change.aliases,
     )
-    apply(settings, change)
-    return change
+    return change, apply(settings, change)

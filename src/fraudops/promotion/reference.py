@@ -75,6 +75,7 @@ def write(
     keep = [c for c in (*model.feature_names, CUSTOMER, TX_TIME, LABEL) if c in window.columns]
     scores = model.predict_proba(window)
     base = folder(version)
+    storage.remove_leftovers(REFERENCE_DIR)
     storage.write_frame(f"{base}/{DATA}", window.select(keep).with_columns(pl.Series(SCORE, scores)))
     if settings.data.kind == "features":
         seen = row_hashes(labelled, model.feature_names).unique().sort()

@@ -36,7 +36,52 @@ def tracking_uri(settings: Settings) -> str:
             f"workspace {storage.uri()} is remote: set registry.tracking_uri (e.g. http://mlflow:5000 or "
             "postgresql://…), SQLite cannot live in an object store"
         )
-    return f"sqlite:///{Path(storage.path(MLFLOW_DB)).resolve()}"
+    db = Path(storage.path(MLFLOW_DB)).resolve()
+    if db.exists():
+        _relocate(str(db), str(db.parent), settings.registry.experiment)
+    return f"sqlite:///{db}"
+
+
+_ARTIFACT_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+)
+
+
+@functools.cache
+def _relocate(db: str, root: str, experiment: str) -> None:
+    """Point a local store's artifact paths at the workspace where it now is.
+
+    MLflow records absolute artifact paths; a workspace copied or moved elsewhere would otherwise read
+    from, and write into, the old folder. The old root is read off the experiment's artifact location
+    (``<root>/prod_outputs/mlflow``) and replaced in every artifact column, in one transaction.
+    """
+    import sqlite3
+
+    suffix = "/" + MLFLOW_ARTIFACTS
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con, con:
+        tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "experiments" not in tables:
+            return
+        row = con.execute(
+            "SELECT artifact_location FROM experiments WHERE name = ?", (experiment,)
+        ).fetchone()
+        location = str(row[0]) if row and row[0] else ""
+        old = location.removeprefix("file://").removesuffix(suffix)
+        if not location.endswith(suffix) or old == root:
+            return
+        for table, column in _ARTIFACT_COLUMNS:
+            if table not in tables:
+                continue
+            for before, after in ((f"file://{old}/", f"file://{root}/"), (f"{old}/", f"{root}/")):
+                con.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                    f"WHERE substr({column}, 1, ?) = ?",
+                    (after, len(before) + 1, len(before), before),
+                )
 
 
 def artifact_root(settings: Settings) -> str:

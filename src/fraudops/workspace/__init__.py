@@ -17,9 +17,14 @@ def load_settings(workspace: str) -> Settings:
         raise ConfigError(
             f"{storage.uri()} is not a fraudops workspace (no {CONFIG_FILE}): run `fraudops init {workspace}`"
         )
-    return parse_settings(
-        storage.read_text(CONFIG_FILE), workspace=storage.url, source=storage.uri(CONFIG_FILE)
-    )
+    where = storage.uri(CONFIG_FILE)
+    try:
+        text = storage.read_text(CONFIG_FILE)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where} is not a text file (UTF-8): {e.reason} at byte {e.start}") from e
+    except OSError as e:  # a directory, unreadable, …
+        raise ConfigError(f"{where} cannot be read: {e.strerror or e}") from e
+    return parse_settings(text, workspace=storage.url, source=where)
 
 
 def open_workspace(workspace: str) -> tuple[Settings, Storage]:

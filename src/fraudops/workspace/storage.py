@@ -2,7 +2,8 @@
 
 Paths handed to :class:`Storage` are relative to the workspace root and use ``/``. Every write goes to
 a hidden temporary name in the same folder and is renamed into place when complete, so a crash never
-leaves a half-written file that a later step could read; listings skip hidden names.
+leaves a half-written file that a later step could read; listings skip hidden names, and the step that owns
+a folder removes what a crashed writer left there (:meth:`Storage.remove_leftovers`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import posixpath
 import uuid
 from collections.abc import Iterator
@@ -20,6 +22,11 @@ import polars as pl
 
 from fraudops.errors import StorageError
 from fraudops.workspace.layout import FOLDERS
+
+log = logging.getLogger("fraudops.storage")
+
+TEMP_MARK = ".tmp-"
+"""In the hidden name a write goes to until it is complete: ``.<name>.tmp-<random>``."""
 
 
 class Storage:
@@ -96,7 +103,7 @@ class Storage:
         final = self.path(rel)
         folder, name = posixpath.split(final)
         self.fs.makedirs(folder, exist_ok=True)
-        tmp = posixpath.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
+        tmp = posixpath.join(folder, f".{name}{TEMP_MARK}{uuid.uuid4().hex}")
         try:
             with self.fs.open(tmp, "wb") as f:
                 yield f
@@ -115,6 +122,24 @@ class Storage:
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_text(rel, json.dumps(obj, indent=2, default=str) + "\n")
+
+    def remove_leftovers(self, rel: str) -> list[str]:
+        """Delete the temporary files a crashed writer left in a folder (and below); returns them.
+
+        Only the step that owns the folder calls this, under the workspace lock, so no writer is live.
+        """
+        base = self.path(rel)
+        if not self.fs.isdir(base):
+            return []
+        gone = []
+        for path in self.fs.find(base):
+            name = posixpath.basename(path)
+            if name.startswith(".") and TEMP_MARK in name:
+                self.fs.rm(path)
+                gone.append(path)
+        if gone:
+            log.warning("removed %d temporary file(s) a crashed run left in %s", len(gone), self.uri(rel))
+        return gone
 
     def delete(self, rel: str, recursive: bool = False) -> None:
         if self.exists(rel):
