@@ -356,8 +356,8 @@ def test_validate_files(ws: Path, files: Path) -> None:
 
 def test_features_kind_workspace(ws: Path, files: Path) -> None:
     (ws / CONFIG_FILE).write_text("data: {kind: features}\n")
-    v = ", ".join(f"V{i}" for i in range(1, 29))
-    row = ", ".join("0.5" for _ in range(28))
+    v = ",".join(f"V{i}" for i in range(1, 29))
+    row = ",".join("0.5" for _ in range(28))
     (files / "creditcard.csv").write_text(f"Time,{v},Amount,Class\n0,{row},1.5,0\n10,{row},2.5,1\n")
     (files / "broken.csv").write_text(f"Time,{v},Amount,Class\n0,{row},1.5,0\n10,{row},2.5,3\n")
     assert run("data", "import", "creditcard.csv", "-w", str(ws)).exit_code == 0
