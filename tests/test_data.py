@@ -503,9 +503,12 @@ def test_every_mapped_column_must_be_present() -> None:
 @pytest.mark.parametrize(
     ("column", "values", "why"),
     [
-        ("Unnamed: 0", [0, 1, 2, 3, 4, 5], "looks like an index (pandas' unnamed index column)"),
-        ("Unnamed: 0", [7.0, 3.0, 1.0, 9.0, 2.0, 8.0], "looks like an index (pandas' unnamed index column)"),
-        ("", [0, 1, 2, 3, 4, 5], "looks like an index (pandas' unnamed index column)"),
+        ("Unnamed: 0", [0, 1, 2, 3, 4, 5], "looks like an index (pandas' index written as a column)"),
+        (
+            "Unnamed: 0",
+            [7.0, 3.0, 1.0, 9.0, 2.0, 8.0],
+            "looks like an index (pandas' index written as a column)",
+        ),
         ("row", [0, 1, 2, 3, 4, 5], "looks like an index (it equals the row number)"),
         ("n", [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "looks like an index (it equals the row number)"),
         ("note", ["a", "b", "c", "d", "e", "f"], "text, no value is a number"),
@@ -530,6 +533,15 @@ def test_features_kind_refuses_columns_that_are_not_features(column: str, values
     assert v.problems == [] and column not in v.features
 
 
+def test_a_column_without_a_name_is_refused_as_an_index(tmp_path: Path) -> None:
+    """pandas' to_csv writes its index under an empty header name."""
+    path = write_csv(tmp_path / "cc.csv", kaggle(4).select(pl.int_range(4).alias(""), pl.all()))
+    v = validate(read_source(path), KAGGLE, path)
+    why = "column without a name looks like an index (pandas' index written as a column)"
+    hint = "not a feature: drop it from the file or list the model's inputs in data.feature_columns"
+    check(v.problems, path, None, f"{why}; {hint}", 0, [])
+
+
 def test_amount_that_counts_up_is_not_an_index() -> None:
     """Amount is a mapped column: its values decide nothing about indexes (kaggle() amounts are 1..n)."""
     v = validate(kaggle(6), KAGGLE, "cc.csv")
@@ -542,7 +554,7 @@ def test_every_fault_of_a_file_is_reported_at_once() -> None:
     df = df.with_row_index("Unnamed: 0")
     v = validate(df, KAGGLE, "cc.csv")
     assert [(p.column, p.message.split(";")[0], p.n_rows, p.examples) for p in v.problems] == [
-        ("Unnamed: 0", "looks like an index (pandas' unnamed index column)", 0, []),
+        ("Unnamed: 0", "looks like an index (pandas' index written as a column)", 0, []),
         ("Amount", "missing column", 0, []),
         ("V3", "not a number", 1, ["'abc'"]),
         ("Class", "label not in {0, 1}", 1, ["2"]),

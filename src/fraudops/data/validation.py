@@ -107,7 +107,7 @@ def _choose_features(
         s = df.get_column(name)
         why = None
         if _INDEX_NAME.fullmatch(name):
-            why = "looks like an index (pandas' unnamed index column)"
+            why = "looks like an index (pandas' index written as a column)"
         elif dtype.is_numeric():
             if name != amount and _row_numbers(s):
                 why = "looks like an index (it equals the row number)"
@@ -116,8 +116,11 @@ def _choose_features(
                 why = "text, no value is a number"
         elif dtype != pl.Null:
             why = f"{dtype} values, not numbers"
-        if why:
-            refused.append(Problem(source, name, f"{why}; {_REFUSED}"))
+        if why:  # a column without a name is described, as the report leaves out an empty column name
+            where = name if name else None
+            refused.append(
+                Problem(source, where, f"{why if name else f'column without a name {why}'}; {_REFUSED}")
+            )
         else:
             features.append(name)
     return features, refused
