@@ -246,6 +246,15 @@ def test_features_kind_without_time_is_stratified():
         assert abs(part[LABEL].sum() - rate * part.height) <= 1  # type: ignore[operator]
 
 
+@pytest.mark.parametrize(("n", "frauds"), [(100, 1), (4, 2)])
+def test_features_kind_without_time_too_few_rows_to_stratify_is_an_error(n: int, frauds: int):
+    df = feature_table(n, with_time=False).with_columns(
+        pl.Series(LABEL, [1] * frauds + [0] * (n - frauds), dtype=pl.Int8)
+    )
+    with pytest.raises(FraudopsError, match=f"{n} labelled rows with {frauds} frauds are too few to split"):
+        splits.split(df, features_settings())
+
+
 def test_features_kind_trains_on_its_own_columns():
     df = feature_table(4000, seed=3)
     df = df.with_columns(((pl.col("V1") > 1.2) | (pl.col(LABEL) == 1)).cast(pl.Int8).alias(LABEL))
