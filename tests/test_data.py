@@ -800,6 +800,19 @@ def test_every_file_of_a_folder_has_the_same_features_and_types(storage: Storage
     ]
     storage.delete("data/raw", recursive=True)
     storage.delete(CURRENT, recursive=True)
+    storage.write_frame("data/raw/a.csv", kaggle(3))
+    storage.write_frame("data/raw/b.csv", kaggle(3, Time=["2018-04-01 00:00:00"] * 3))
+    with pytest.raises(DataValidationError) as info:
+        load_folder(storage, [RAW], KAGGLE, labelled_only=False)
+    types = "every file of a folder has the same types"
+    check(
+        info.value.problems,
+        storage.uri("data/raw/b.csv"),
+        "Time",
+        f"datetimes, but seconds in a.csv ({types})",
+        0,
+        [],
+    )
     storage.write_frame("data/raw/a.csv", tx(3))
     storage.write_frame("data/raw/b.csv", tx(3, start_id=3, CUSTOMER_ID=["c1", "c2", "c3"]))
     with pytest.raises(DataValidationError) as info:

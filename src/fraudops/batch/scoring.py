@@ -28,8 +28,9 @@ Invalid rows
     rejects file is deleted when a run finds none. With ``fail`` any invalid row fails the file:
     the error names file, column, number of rows, examples and the first row, and nothing is written for
     it. A missing column (model feature, configured role but the features kind's time, join column), an
-    empty file or a file with no valid row always fails the file. A failing file does not stop the others: they are scored, then the step raises
-    :class:`BatchError` listing the failures (earlier outputs of a failing file are left untouched).
+    empty file or a file with no valid row always fails the file. A failing file does not stop the
+    others: they are scored, then the step raises :class:`BatchError` listing the failures (earlier
+    outputs of a failing file are left untouched).
 
 Memory
     The features kind streams: Parquet by record batches of ``batch.chunk_rows`` rows

@@ -2,8 +2,9 @@
 
 Every file of a folder (data/raw/ with monitoring_inputs/current_data/, or the files imported into
 data/raw/) has the same layout: for the features kind the same feature columns and the same time column
-(or none), and ids of the same type (integers or text). A file that differs is an error naming the file and
-the column, never a silently missing feature or an id that matches no history.
+(or none), and ids and times of the same kind (integers or text; seconds or datetimes). A file that
+differs is an error naming the file and the column, never a silently missing feature or an id that
+matches no history.
 """
 
 from __future__ import annotations
@@ -63,20 +64,25 @@ def table_files(storage: Storage, folder: str) -> list[str]:
 @dataclasses.dataclass
 class _Layout:
     """What the files of a folder share: feature and time columns (features kind; None = not compared)
-    and the type of each id column ("integer" or "text"), under the files' own names."""
+    and the kind of values of the id and time columns ("integer ids" or "text ids", "seconds" or
+    "datetimes"), under the files' own names."""
 
     columns: list[str] | None
-    ids: dict[str, str]
+    types: dict[str, str]
 
 
 def _layout(v: Validated, cfg: DataConfig) -> _Layout:
     columns = [*v.features, *([v.time] if v.time else [])] if cfg.kind == "features" else None
-    ids = {
-        name: "text" if v.frame.schema[canon] == pl.String else "integer"
-        for name, canon in role_columns(cfg).items()
-        if canon in (TX_ID, CUSTOMER, TERMINAL) and canon in v.frame.columns
-    }
-    return _Layout(columns, ids)
+    types = {}
+    for name, canon in role_columns(cfg).items():
+        if canon not in v.frame.columns:
+            continue
+        dtype = v.frame.schema[canon]
+        if canon in (TX_ID, CUSTOMER, TERMINAL):
+            types[name] = "text ids" if dtype == pl.String else "integer ids"
+        elif canon == TX_TIME:
+            types[name] = "seconds" if dtype.is_numeric() else "datetimes"
+    return _Layout(columns, types)
 
 
 def _header_layout(columns: list[str], cfg: DataConfig) -> _Layout:
@@ -103,14 +109,13 @@ def _compare(uri: str, layout: _Layout, ref_name: str, ref: _Layout) -> list[Pro
             for c in layout.columns
             if c not in ref.columns
         ]
-    for c, kind in layout.ids.items():
-        if c in ref.ids and ref.ids[c] != kind:
+    for c, kind in layout.types.items():
+        if c in ref.types and ref.types[c] != kind:
             problems.append(
                 Problem(
                     uri,
                     c,
-                    f"{kind} ids, but {ref.ids[c]} ids in {ref_name} (every file of a folder "
-                    "has the same types)",
+                    f"{kind}, but {ref.types[c]} in {ref_name} (every file of a folder has the same types)",
                 )
             )
     return problems
@@ -228,7 +233,7 @@ def check_files(
         if first is None:
             first = (path, layout)
         else:
-            ref = first[1] if raw is None else _Layout(None, first[1].ids)
+            ref = first[1] if raw is None else _Layout(None, first[1].types)
             problems += _compare(path, layout, first[0], ref)
     return checked, problems
 
