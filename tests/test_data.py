@@ -767,6 +767,12 @@ def test_load_folder_without_id_column_keeps_every_row(storage: Storage) -> None
     assert df[TX_TIME].is_sorted()
 
 
+def test_unmapped_id_column_under_its_canonical_name() -> None:
+    """transaction_id: null and a TRANSACTION_ID column in the file: it is the id (was a KeyError)."""
+    v = validate(tx(3, TRANSACTION_ID=[5, 5, 6]), DataConfig(columns={"transaction_id": None}), "day.csv")
+    check(v.problems, "day.csv", "TRANSACTION_ID", "duplicate id", 1, ["5"])
+
+
 def test_load_folder_features_kind(storage: Storage) -> None:
     storage.write_frame("data/raw/b.csv", kaggle(3, Time=[100.0, 110.0, 120.0]))
     storage.write_frame("data/raw/a.csv", kaggle(3))

@@ -20,6 +20,7 @@ from fraudops.data.schema import (
     AMOUNT,
     CUSTOMER,
     LABEL,
+    ROLES,
     ROW_ERROR,
     SCENARIO,
     TERMINAL,
@@ -116,13 +117,12 @@ def _choose_features(
                 why = "text, no value is a number"
         elif dtype != pl.Null:
             why = f"{dtype} values, not numbers"
-        if why:  # a column without a name is described, as the report leaves out an empty column name
-            where = name if name else None
-            refused.append(
-                Problem(source, where, f"{why if name else f'column without a name {why}'}; {_REFUSED}")
-            )
-        else:
+        if why is None:
             features.append(name)
+        elif name:
+            refused.append(Problem(source, name, f"{why}; {_REFUSED}"))
+        else:  # the report leaves out an empty column name: say it in words
+            refused.append(Problem(source, None, f"column without a name {why}; {_REFUSED}"))
     return features, refused
 
 
@@ -246,7 +246,8 @@ def validate(
 
     present = {name: canon for name, canon in names.items() if name in df.columns}
     out = df.rename(present)
-    file_name = {canon: name for name, canon in present.items()}
+    # the user's name of each role, for the report (an unmapped role's column keeps the canonical name)
+    file_name = {canon: canon for canon in ROLES.values()} | {canon: name for name, canon in present.items()}
     rows = _Rows(source, out.height)
     casts: dict[str, pl.Expr] = {}
     if TX_TIME in out.columns:
@@ -301,4 +302,6 @@ def validate(
     elif not partial and errors.null_count() == 0:
         rows.problems.append(Problem(source, None, f"no valid row: all {out.height:,} rows are invalid"))
     out = out.with_columns(**casts).with_columns(errors)
-    return Validated(out, file_level + rows.problems, features, file_name.get(TX_TIME))
+    return Validated(
+        out, file_level + rows.problems, features, file_name[TX_TIME] if TX_TIME in out.columns else None
+    )
