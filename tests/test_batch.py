@@ -161,6 +161,34 @@ def test_transactions_rejects_and_join_columns(tx_ws):
     assert result.height == frame.height - 2
 
 
+def test_fractional_customer_ids_are_rejected_whole_float_ids_match_history(tx_ws):
+    """Found: a float CUSTOMER_ID with fractions was scored with no history, silently wrong."""
+    settings, storage = _fresh(tx_ws["ws"])
+    day, frame = next(iter(tx_ws["days"].items()))
+    storage.write_frame(f"{PROD_INPUTS}/{day}.parquet", frame)
+    as_ints = batch_step(settings, storage)["files"][0]
+    expected = storage.read_frame(as_ints["output"])
+
+    floats = frame.with_columns(pl.col("CUSTOMER_ID").cast(pl.Float64))
+    floats = floats.with_columns(
+        pl.when(pl.int_range(pl.len()) == 4)
+        .then(pl.col("CUSTOMER_ID") + 0.5)
+        .otherwise(pl.col("CUSTOMER_ID"))
+        .alias("CUSTOMER_ID")
+    )
+    storage.write_frame(f"{PROD_INPUTS}/{day}.parquet", floats)
+    f = batch_step(settings, storage)["files"][0]
+
+    assert (f["rows"], f["rejected"]) == (frame.height - 1, 1)
+    rejects = storage.read_frame(f["rejects"])
+    assert rejects["row_number"].to_list() == [4]
+    assert rejects["reason"].to_list() == ["CUSTOMER_ID: not a whole number (ids are integers or text)"]
+    # whole-number float ids are the integer ids: the same history, the same scores
+    result = storage.read_frame(f["output"])
+    kept = expected.filter(pl.col("TRANSACTION_ID") != frame["TRANSACTION_ID"][4])
+    np.testing.assert_allclose(result["fraud_probability"].to_numpy(), kept["fraud_probability"].to_numpy())
+
+
 # ---------------------------------------------------------------------------------------- features
 
 
@@ -314,6 +342,63 @@ def test_failed_rerun_keeps_previous_output(feat_ws):
         batch_step(settings, storage)
     assert storage.read_bytes(f"{PREDICTIONS}/c.out.csv") == before
     assert _listing(storage) == ["c.out.csv"]
+
+
+def test_a_file_with_no_valid_row_fails_the_step(feat_ws):
+    """Found: a file whose every row was rejected was reported as scored (step SUCCEEDED, exit 0)."""
+    settings, storage = _fresh(feat_ws["ws"])
+    settings.batch.chunk_rows = 4
+    df = kaggle_like(10, 13, start=6e6).drop("Class")
+    _put_csv(storage, "all_bad.csv", df.with_columns(pl.lit("abc").alias("V3")))
+    _put_csv(storage, "good.csv", df)
+
+    with pytest.raises(BatchError) as info:
+        batch_step(settings, storage)
+
+    msg = str(info.value)
+    assert "1 of 2 files could not be scored" in msg
+    assert "all_bad.csv: no valid row: all 10 rows are invalid" in msg
+    assert "all_bad.csv, column 'V3': not a number (first at row 0, counted from 0) (10 rows" in msg
+    assert info.value.result.totals.rows_scored == 10
+    assert list(info.value.result.failed) == [f"{PROD_INPUTS}/all_bad.csv"]
+    assert _listing(storage) == ["good.out.csv"]  # no output and no rejects file for the failed one
+
+    from typer.testing import CliRunner
+
+    from fraudops.cli import build
+
+    _fresh(feat_ws["ws"])
+    _put_csv(storage, "all_bad.csv", df.with_columns(pl.lit("abc").alias("V3")))
+    result = CliRunner().invoke(build(), ["batch", "-w", str(feat_ws["ws"])])
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())  # Rich wraps long lines
+    assert "batch_inference FAILED" in text and "all_bad.csv: no valid row" in text
+
+
+def test_late_bad_cell_of_a_transactions_csv_is_a_rejected_row(tx_ws):
+    """A transactions file is read whole, typed from all its rows: a bad amount far into it is a rejected
+    row, not a reader error."""
+    settings, storage = _fresh(tx_ws["ws"])
+    days = list(tx_ws["days"].values())
+    frame = pl.concat(days)
+    frame = pl.concat([frame] * (12_000 // frame.height + 1)).head(12_000)
+    frame = frame.with_columns(pl.int_range(10_000_000, 10_012_000).alias("TRANSACTION_ID"))
+    bad = frame.cast({"TX_AMOUNT": pl.String}).with_columns(
+        pl.when(pl.int_range(pl.len()) == 11_000)
+        .then(pl.lit("12,50"))
+        .otherwise(pl.col("TX_AMOUNT"))
+        .alias("TX_AMOUNT")
+    )
+    storage.write_frame(f"{PROD_INPUTS}/late.csv", bad)
+
+    f = batch_step(settings, storage)["files"][0]
+
+    assert (f["rows"], f["rejected"]) == (11_999, 1)
+    rejects = storage.read_frame(f["rejects"])
+    assert (rejects["row_number"].to_list(), rejects["reason"].to_list()) == (
+        [11_000],
+        ["TX_AMOUNT: not a number"],
+    )
 
 
 # ------------------------------------------------------------------------------------------ errors

@@ -13,11 +13,13 @@ from typing import Any
 import polars as pl
 import pytest
 import typer.main
+import yaml
 from typer.testing import CliRunner
 
 from fraudops.cli import build
 from fraudops.config import DataConfig, default_yaml
 from fraudops.data.validation import validate
+from fraudops.workspace import load_settings
 from fraudops.workspace.layout import CONFIG_FILE, FOLDERS
 
 app = build()
@@ -137,6 +139,38 @@ def test_init_in_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert run("init").exit_code == 0
     assert (tmp_path / CONFIG_FILE).is_file()
     assert (tmp_path / "monitoring_outputs/retraining_decision").is_dir()
+
+
+def test_init_kind_features_writes_the_kaggle_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "cc"
+    r = run("init", str(path), "--kind", "features")
+    assert r.exit_code == 0, r.output
+    text = (path / CONFIG_FILE).read_text()
+    assert yaml.safe_load(text)["data"] == {
+        "kind": "features",
+        "columns": {
+            "transaction_id": None,
+            "timestamp": "Time",
+            "customer_id": "CUSTOMER_ID",
+            "terminal_id": "TERMINAL_ID",
+            "amount": "Amount",
+            "label": "Class",
+            "scenario": None,
+        },
+        "feature_columns": None,
+    }
+    assert "    timestamp: Time  # event time" in text  # still documented line by line
+    # only the data section differs from the transactions default
+    others = [line for line in text.splitlines() if not line.startswith(("  ", "data:"))]
+    assert others == [line for line in default_yaml().splitlines() if not line.startswith(("  ", "data:"))]
+    assert load_settings(str(path)).data == DataConfig(kind="features")
+    assert "data import FILE" in r.text and "data simulate" not in r.text
+    # an existing workspace of the other kind is not silently kept
+    r = run("init", str(path), "--kind", "transactions")
+    assert r.exit_code == 1
+    assert "exists with data.kind 'features', not 'transactions'" in r.text
+    assert run("init", str(path)).exit_code == 0  # no --kind: the existing file, whatever its kind
+    assert run("init", str(tmp_path / "bad"), "--kind", "kaggle").exit_code == 2
 
 
 def test_config_shows_file_and_environment(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -357,8 +391,8 @@ def test_validate_files(ws: Path, files: Path) -> None:
 
 def test_features_kind_workspace(ws: Path, files: Path) -> None:
     (ws / CONFIG_FILE).write_text("data: {kind: features}\n")
-    v = ", ".join(f"V{i}" for i in range(1, 29))
-    row = ", ".join("0.5" for _ in range(28))
+    v = ",".join(f"V{i}" for i in range(1, 29))
+    row = ",".join("0.5" for _ in range(28))
     (files / "creditcard.csv").write_text(f"Time,{v},Amount,Class\n0,{row},1.5,0\n10,{row},2.5,1\n")
     (files / "broken.csv").write_text(f"Time,{v},Amount,Class\n0,{row},1.5,0\n10,{row},2.5,3\n")
     assert run("data", "import", "creditcard.csv", "-w", str(ws)).exit_code == 0
@@ -366,6 +400,51 @@ def test_features_kind_workspace(ws: Path, files: Path) -> None:
     assert r.exit_code == 1
     assert "broken.csv, column 'Class': label not in {0, 1} (1 rows, e.g. 3)" in r.text
     assert raw_files(ws) == ["creditcard.csv"]
+
+
+def _kaggle_rows(n: int = 4) -> tuple[str, list[str]]:
+    """A creditcard.csv header and ``n`` rows (V values all different, so no column looks like an index)."""
+    v = ",".join(f"V{i}" for i in range(1, 29))
+    rows = [
+        ",".join([str(10 * t), *(f"0.{t}{k}" for k in range(28)), f"{t}.5", str(t % 2)]) for t in range(n)
+    ]
+    return f"Time,{v},Amount,Class", rows
+
+
+def test_validate_a_text_cell_is_not_valid(ws: Path, files: Path) -> None:
+    """Found: one text cell (V3='abc') made data validate say "all files valid" (and V3 was dropped)."""
+    (ws / CONFIG_FILE).write_text("data: {kind: features}\n")
+    head, rows = _kaggle_rows()
+    rows[2] = rows[2].replace(",0.22,", ",abc,")  # V3 of the third row
+    (files / "text.csv").write_text("\n".join([head, *rows]) + "\n")
+    r = run("data", "validate", "text.csv", "-w", str(ws))
+    assert r.exit_code == 1
+    assert "text.csv, column 'V3': not a number (1 rows, e.g. 'abc')" in r.text
+    assert "all files valid" not in r.text
+    assert "Traceback" not in r.output
+
+
+def test_validate_and_import_print_the_feature_columns(tmp_path: Path, files: Path) -> None:
+    ws = tmp_path / "cc"
+    assert run("init", str(ws), "--kind", "features").exit_code == 0
+    head, rows = _kaggle_rows()
+    (files / "cc.csv").write_text("\n".join([head, *rows]) + "\n")
+    r = run("data", "validate", "cc.csv", "-w", str(ws))
+    assert r.exit_code == 0, r.output
+    features = ", ".join(f"V{i}" for i in range(1, 29))
+    assert f"cc.csv: 29 feature columns: {features}, Amount; time column 'Time' (split by time)" in r.text
+    assert "all files valid" in r.text
+    r = run("data", "import", "cc.csv", "-w", str(ws))
+    assert r.exit_code == 0, r.output
+    assert f"features kind: 29 feature columns: {features}, Amount" in r.text
+
+    (files / "index.csv").write_text(
+        "\n".join([f",{head}", *(f"{i},{row}" for i, row in enumerate(rows))]) + "\n"
+    )
+    r = run("data", "validate", "index.csv", "-w", str(ws))
+    assert r.exit_code == 1
+    why = "column without a name looks like an index (pandas' index written as a column)"
+    assert f"index.csv: {why}" in r.text
 
 
 # ---------------------------------------------------------------- the installed command, end to end

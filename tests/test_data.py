@@ -28,7 +28,6 @@ from fraudops.data.schema import (
     TERMINAL,
     TX_ID,
     TX_TIME,
-    feature_table_columns,
     model_inputs,
     role_columns,
     to_file_columns,
@@ -138,10 +137,17 @@ def test_validate_custom_column_mapping() -> None:
     assert v.valid[AMOUNT].to_list() == [10.5, 11.5, 12.5, 13.5]
     # problems are reported under the user's column names
     bad = validate(df.with_columns(amount=pl.lit("abc")), LOWER, "lower.csv")
-    assert {(p.column, p.message) for p in bad.problems} == {("amount", "not a number")}
+    assert {(p.column, p.message) for p in bad.problems} == {
+        ("amount", "not a number"),
+        (None, "no valid row: all 4 rows are invalid"),
+    }
     # and the handbook names are what is missing when a handbook file meets the lowercase mapping
     missing = validate(tx(2), LOWER, "handbook.csv")
-    assert {p.column for p in missing.problems} == {"tx_id", "ts", "card", "merchant", "amount"}
+    assert {(p.column, p.message) for p in missing.problems} == {
+        *((c, "missing column") for c in ("tx_id", "ts", "card", "merchant", "amount")),
+        # the labels are not silently ignored: their column is named for a role mapped elsewhere
+        ("TX_FRAUD", "reserved name: fraudops' own name for a role (column 'is_fraud' is mapped to it)"),
+    }
 
 
 def test_role_columns_and_back() -> None:
@@ -180,7 +186,8 @@ def test_features_kind_kaggle_csv(tmp_path: Path) -> None:
     v = validate(df, KAGGLE, str(path))
     assert v.problems == []
     valid = v.valid
-    assert feature_table_columns(df, KAGGLE) == [*V_COLUMNS, "Amount"]
+    assert v.features == [*V_COLUMNS, "Amount"]
+    assert v.time == "Time"
     assert model_inputs(valid, KAGGLE) == [*V_COLUMNS, "Amount"]
     assert valid[TX_TIME].to_list() == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]  # seconds, as in creditcard.csv
     assert valid[LABEL].to_list() == [0, 0, 1, 0, 0, 0]
@@ -191,7 +198,7 @@ def test_features_kind_kaggle_csv(tmp_path: Path) -> None:
 
 def test_features_kind_configured_feature_columns() -> None:
     cfg = DataConfig(kind="features", feature_columns=["V1", "V2"])
-    assert feature_table_columns(kaggle(3), cfg) == ["V1", "V2"]
+    assert validate(kaggle(3), cfg, "cc.csv").features == ["V1", "V2"]
     v = validate(kaggle(3).drop("V2"), cfg, "cc.csv")
     assert (only(v.problems).column, only(v.problems).message) == ("V2", "missing column")
     # a bad value in a column the model does not use is not an error
@@ -253,10 +260,13 @@ def test_unparseable_timestamp() -> None:
 
 def test_no_timestamp_parseable_at_all() -> None:
     """Even when no value gives polars a date format to go by, it is a Problem, not a crash."""
-    v = validate(tx(3, TX_DATETIME=["soon", "later", "never"]), HANDBOOK, "day.csv")
+    v = validate(tx(4, TX_DATETIME=["soon", "later", "never", "2018-04-01 00:00:00"]), HANDBOOK, "day.csv")
     check(v.problems, "day.csv", "TX_DATETIME", "unparseable timestamp", 3, ["'soon'", "'later'", "'never'"])
     numeric = validate(tx(2, TX_DATETIME=[1, 2]), HANDBOOK, "day.csv")
-    assert only(numeric.problems).message == "unparseable timestamp"
+    assert [p.message for p in numeric.problems] == [
+        "unparseable timestamp",
+        "no valid row: all 2 rows are invalid",
+    ]
 
 
 def test_non_numeric_amount() -> None:
@@ -332,7 +342,11 @@ def test_features_kind_bad_time_and_amount() -> None:
 def test_features_kind_without_numeric_columns() -> None:
     df = pl.DataFrame({"Time": [1.0], "Class": [0], "note": ["x"]})
     v = validate(df, KAGGLE, "cc.csv")
-    assert only(v.problems).message == "no numeric feature columns"
+    assert [(p.column, p.message.split(";")[0]) for p in v.problems] == [
+        ("note", "text, no value is a number"),
+        (None, "no numeric feature columns"),
+        ("Amount", "missing column"),
+    ]
 
 
 def test_features_kind_missing_feature_column_given_by_history() -> None:
@@ -391,6 +405,207 @@ def test_missing_values_null_label_means_unlabelled_null_required_value_rejects_
     check(missing_time.problems, "day.csv", "TX_DATETIME", "missing timestamp", 1, ["None"])
 
 
+# ---------------------------------------------------------------- strict validation (issue 9)
+
+
+def _with_cell(df: pl.DataFrame, column: str, row: int, value: str) -> pl.DataFrame:
+    """``df`` with ``column`` as text and ``value`` in one row (what one bad cell does to a CSV column)."""
+    return df.cast({column: pl.String}).with_columns(
+        pl.when(pl.int_range(pl.len()) == row).then(pl.lit(value)).otherwise(pl.col(column)).alias(column)
+    )
+
+
+def test_one_text_cell_in_a_feature_column_is_an_invalid_row(tmp_path: Path) -> None:
+    """Found: V3='abc' in one row made the whole column text; validation said "valid" and the model was
+    trained without V3."""
+    path = write_csv(tmp_path / "cc.csv", _with_cell(kaggle(6), "V3", 4, "abc"))
+    v = validate(read_source(path), KAGGLE, path)
+    check(v.problems, path, "V3", "not a number", 1, ["'abc'"])
+    assert v.features == [*V_COLUMNS, "Amount"]  # V3 is still a model input
+    assert v.valid.height == 5
+    assert v.valid.schema["V3"] == pl.Float64
+    assert v.rejects[ROW_ERROR].to_list() == ["V3: not a number"]
+
+
+def test_a_bad_cell_far_into_a_csv_is_an_invalid_row_not_a_reader_error(tmp_path: Path) -> None:
+    """Found: a bad cell at row 50,000 (after polars' type inference) leaked polars' parse error."""
+    big = pl.concat([kaggle(10)] * 6_000)  # 60,000 rows
+    path = write_csv(tmp_path / "big.csv", _with_cell(big, "V3", 50_000, "abc"))
+    df = read_source(path)
+    assert df.height == 60_000
+    v = validate(df, KAGGLE, path)
+    check(v.problems, path, "V3", "not a number", 1, ["'abc'"])
+    assert v.frame[ROW_ERROR][50_000] == "V3: not a number"
+    assert v.frame[ROW_ERROR].null_count() == 59_999
+    # a late fraction in a handbook file's integer id column: the row is invalid, the ids stay integers
+    times = [f"2018-04-01 {i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}" for i in range(12_000)]
+    handbook = tx(12_000, TX_DATETIME=times).with_columns(pl.col("CUSTOMER_ID").cast(pl.String))
+    handbook = handbook.with_columns(
+        pl.when(pl.int_range(pl.len()) == 11_000)
+        .then(pl.lit("7.5"))
+        .otherwise(pl.col("CUSTOMER_ID"))
+        .alias("CUSTOMER_ID")
+    )
+    path = write_csv(tmp_path / "day.csv", handbook)
+    v = validate(read_source(path), HANDBOOK, path)
+    check(v.problems, path, "CUSTOMER_ID", "not a whole number (ids are integers or text)", 1, ["7.5"])
+    assert v.valid.schema[CUSTOMER] == pl.Int64
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("a,b\n1,2\n3,4,5\n", "a row has more fields than the header"),
+        ('a,b\n1,"2\n3,4\n', "not a valid CSV file (unbalanced quotes or a broken row?)"),
+        ("", "empty file (no header)"),
+    ],
+)
+def test_unreadable_csv_is_named_in_plain_words(tmp_path: Path, text: str, reason: str) -> None:
+    (tmp_path / "bad.csv").write_text(text)
+    with pytest.raises(DataValidationError) as info:
+        read_source(str(tmp_path / "bad.csv"))
+    check(info.value.problems, str(tmp_path / "bad.csv"), None, f"cannot be read: {reason}", 0, [])
+
+
+def test_every_mapped_column_must_be_present() -> None:
+    """Found: a features-kind file without its mapped Amount passed."""
+    v = validate(kaggle(4).drop("Amount"), KAGGLE, "cc.csv")
+    check(v.problems, "cc.csv", "Amount", "missing column", 0, [])
+    assert v.valid.height == 0
+    # even when the model's inputs are configured without it: the mapping says the files have it
+    cfg = DataConfig(kind="features", feature_columns=["V1", "V2"])
+    check(
+        validate(kaggle(4).drop("Amount"), cfg, "cc.csv").problems,
+        "cc.csv",
+        "Amount",
+        "missing column",
+        0,
+        [],
+    )
+    # amount: null maps no amount column
+    cfg = DataConfig(kind="features", columns={"amount": None})
+    v = validate(kaggle(4).drop("Amount"), cfg, "cc.csv")
+    assert v.problems == [] and v.features == V_COLUMNS
+    # the time column is optional for the features kind (a stratified random split), not for transactions
+    v = validate(kaggle(4).drop("Time"), KAGGLE, "cc.csv")
+    assert (v.problems, v.time, v.valid.height) == ([], None, 4)
+    assert TX_TIME not in v.valid.columns
+    check(
+        validate(tx(3).drop("TX_DATETIME"), HANDBOOK, "d.csv").problems,
+        "d.csv",
+        "TX_DATETIME",
+        "missing column",
+        0,
+        [],
+    )
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "why"),
+    [
+        ("Unnamed: 0", [0, 1, 2, 3, 4, 5], "looks like an index (pandas' index written as a column)"),
+        (
+            "Unnamed: 0",
+            [7.0, 3.0, 1.0, 9.0, 2.0, 8.0],
+            "looks like an index (pandas' index written as a column)",
+        ),
+        ("row", [0, 1, 2, 3, 4, 5], "looks like an index (it equals the row number)"),
+        ("n", [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "looks like an index (it equals the row number)"),
+        ("note", ["a", "b", "c", "d", "e", "f"], "text, no value is a number"),
+        ("flag", [True, False, True, True, False, True], "Boolean values, not numbers"),
+    ],
+)
+def test_features_kind_refuses_columns_that_are_not_features(column: str, values: list, why: str) -> None:
+    """Found: extra numeric columns (``Unnamed: 0``) silently became model inputs."""
+    df = kaggle(6).with_columns(pl.Series(column, values))
+    v = validate(df, KAGGLE, "cc.csv")
+    hint = "not a feature: drop it from the file or list the model's inputs in data.feature_columns"
+    check(v.problems, "cc.csv", column, f"{why}; {hint}", 0, [])
+    assert v.valid.height == 0
+    # listed in data.feature_columns, it is what the user asked for; left out, it is ignored
+    listed = (
+        DataConfig(kind="features", feature_columns=[*V_COLUMNS, column]) if why.startswith("looks") else None
+    )
+    if listed is not None:
+        v = validate(df, listed, "cc.csv")
+        assert v.problems == [] and v.features[-1] == column
+    v = validate(df, DataConfig(kind="features", feature_columns=V_COLUMNS), "cc.csv")
+    assert v.problems == [] and column not in v.features
+
+
+def test_a_column_without_a_name_is_refused_as_an_index(tmp_path: Path) -> None:
+    """pandas' to_csv writes its index under an empty header name."""
+    path = write_csv(tmp_path / "cc.csv", kaggle(4).select(pl.int_range(4).alias(""), pl.all()))
+    v = validate(read_source(path), KAGGLE, path)
+    why = "column without a name looks like an index (pandas' index written as a column)"
+    hint = "not a feature: drop it from the file or list the model's inputs in data.feature_columns"
+    check(v.problems, path, None, f"{why}; {hint}", 0, [])
+
+
+def test_amount_that_counts_up_is_not_an_index() -> None:
+    """Amount is a mapped column: its values decide nothing about indexes (kaggle() amounts are 1..n)."""
+    v = validate(kaggle(6), KAGGLE, "cc.csv")
+    assert v.problems == [] and v.features[-1] == "Amount"
+
+
+def test_every_fault_of_a_file_is_reported_at_once() -> None:
+    """Found: a file with three faults reported one (a missing column hid the rest)."""
+    df = _with_cell(kaggle(6, Class=[0, 1, 2, 0, 0, 0]), "V3", 1, "abc").drop("Amount")
+    df = df.with_row_index("Unnamed: 0")
+    v = validate(df, KAGGLE, "cc.csv")
+    assert [(p.column, p.message.split(";")[0], p.n_rows, p.examples) for p in v.problems] == [
+        ("Unnamed: 0", "looks like an index (pandas' index written as a column)", 0, []),
+        ("Amount", "missing column", 0, []),
+        ("V3", "not a number", 1, ["'abc'"]),
+        ("Class", "label not in {0, 1}", 1, ["2"]),
+    ]
+    assert v.valid.height == 0  # a file-level fault leaves no valid row
+    message = str(DataValidationError(v.problems))
+    assert "cc.csv, column 'V3': not a number (1 rows, e.g. 'abc')" in message
+    assert "cc.csv, column 'Amount': missing column" in message
+
+
+@pytest.mark.parametrize("id_column", ["TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID"])
+def test_ids_are_integers_or_text_never_fractions(id_column: str) -> None:
+    """Found: a float CUSTOMER_ID with fractions was scored with no history, silently wrong."""
+    v = validate(tx(4, **{id_column: [1.0, 2.5, 3.0, 4.25]}), HANDBOOK, "day.csv")
+    check(
+        v.problems, "day.csv", id_column, "not a whole number (ids are integers or text)", 2, ["2.5", "4.25"]
+    )
+    canon = {"TRANSACTION_ID": TX_ID, "CUSTOMER_ID": CUSTOMER, "TERMINAL_ID": TERMINAL}[id_column]
+    assert v.valid[canon].to_list() == [1, 3]
+    assert v.valid.schema[canon] == pl.Int64  # whole floats are cast: they match integer ids elsewhere
+    text = validate(tx(3, **{id_column: ["a1", "b2", "c3"]}), HANDBOOK, "day.csv")
+    assert text.problems == [] and text.valid[canon].to_list() == ["a1", "b2", "c3"]
+    nan = validate(tx(3, **{id_column: [1.0, math.nan, 3.0]}), HANDBOOK, "day.csv")
+    check(nan.problems, "day.csv", id_column, "missing id", 1, ["nan"])
+
+
+def test_a_file_with_no_valid_row_fails() -> None:
+    v = validate(tx(3, TX_AMOUNT=[-1.0, -2.0, -3.0]), HANDBOOK, "day.csv")
+    assert [(p.column, p.message, p.n_rows) for p in v.problems] == [
+        ("TX_AMOUNT", "negative amount", 3),
+        (None, "no valid row: all 3 rows are invalid", 0),
+    ]
+    assert [p.message for p in v.file_problems] == ["no valid row: all 3 rows are invalid"]
+    # one chunk of a file may be all invalid: the caller judges the whole file
+    assert len(validate(tx(3, TX_AMOUNT=[-1.0, -2.0, -3.0]), HANDBOOK, "day.csv", partial=True).problems) == 1
+
+
+def test_columns_named_like_a_role_mapped_elsewhere_are_refused() -> None:
+    v = validate(kaggle(3).with_columns(pl.lit("2018-04-01").alias("TX_DATETIME")), KAGGLE, "cc.csv")
+    check(
+        v.problems,
+        "cc.csv",
+        "TX_DATETIME",
+        "reserved name: fraudops' own name for a role (column 'Time' is mapped to it)",
+        0,
+        [],
+    )
+    dup = validate(kaggle(3).with_columns(pl.col("V1").alias("V1_duplicated_0")), KAGGLE, "cc.csv")
+    check(dup.problems, "cc.csv", "V1", "duplicate column name", 0, [])
+
+
 # ---------------------------------------------------------------- reading sources
 
 
@@ -426,7 +641,7 @@ def test_import_copies_bytes_as_is(tmp_path: Path, storage: Storage) -> None:
     results = import_files(storage, Settings(workspace=storage.url), [str(tmp_path / "a.csv"), str(pq)])
     assert (Path(storage.path(RAW)) / "a.csv").read_text() == text  # not re-serialised: 57.160 stays
     assert (Path(storage.path(RAW)) / "b.parquet").read_bytes() == pq.read_bytes()
-    assert results == [
+    assert results.files == [
         {"file": str(tmp_path / "a.csv"), "to": storage.uri("data/raw/a.csv"), "rows": 2, "frauds": 1},
         {"file": str(pq), "to": storage.uri("data/raw/b.parquet"), "rows": 3, "frauds": 1},
     ]
@@ -475,7 +690,7 @@ def test_import_unknown_extension_and_missing_file(tmp_path: Path, storage: Stor
 def test_import_features_kind(tmp_path: Path, storage: Storage) -> None:
     settings = Settings(workspace=storage.url, data={"kind": "features"})
     path = write_csv(tmp_path / "creditcard.csv", kaggle(5))
-    assert import_files(storage, settings, [path])[0]["frauds"] == 1
+    assert import_files(storage, settings, [path]).files[0]["frauds"] == 1
     bad = write_csv(tmp_path / "bad.csv", kaggle(5, Class=[0, 1, 2, 0, 0]))
     with pytest.raises(DataValidationError):
         import_files(storage, settings, [bad])
@@ -483,7 +698,12 @@ def test_import_features_kind(tmp_path: Path, storage: Storage) -> None:
     handbook = write_csv(tmp_path / "tx.csv", tx(3))
     with pytest.raises(DataValidationError) as info:
         import_files(storage, settings, [handbook])
-    assert {(p.column, p.message) for p in info.value.problems} == {("Time", "missing column")}
+    found = {(p.column, p.message.split(":")[0]) for p in info.value.problems}
+    assert {
+        ("Amount", "missing column"),
+        ("TX_FRAUD", "reserved name"),
+        ("TX_DATETIME", "reserved name"),
+    } <= found
 
 
 # ---------------------------------------------------------------- loading
@@ -547,6 +767,12 @@ def test_load_folder_without_id_column_keeps_every_row(storage: Storage) -> None
     assert df[TX_TIME].is_sorted()
 
 
+def test_unmapped_id_column_under_its_canonical_name() -> None:
+    """transaction_id: null and a TRANSACTION_ID column in the file: it is the id (was a KeyError)."""
+    v = validate(tx(3, TRANSACTION_ID=[5, 5, 6]), DataConfig(columns={"transaction_id": None}), "day.csv")
+    check(v.problems, "day.csv", "TRANSACTION_ID", "duplicate id", 1, ["5"])
+
+
 def test_load_folder_features_kind(storage: Storage) -> None:
     storage.write_frame("data/raw/b.csv", kaggle(3, Time=[100.0, 110.0, 120.0]))
     storage.write_frame("data/raw/a.csv", kaggle(3))
@@ -561,7 +787,70 @@ def test_load_folder_features_kind_later_file_must_have_the_same_features(storag
     storage.write_frame("data/raw/b.csv", kaggle(3).drop("V5"))
     with pytest.raises(DataValidationError) as info:
         load_folder(storage, [RAW], KAGGLE, labelled_only=False)
-    assert (only(info.value.problems).column, only(info.value.problems).message) == ("V5", "missing column")
+    p = only(info.value.problems)
+    assert (p.file, p.column) == (storage.uri("data/raw/b.csv"), "V5")
+    assert p.message == "missing column (a.csv has it: every file of a folder has the same columns)"
+
+
+def test_every_file_of_a_folder_has_the_same_features_and_types(storage: Storage) -> None:
+    """A later file with an extra feature, or ids of another type, is an error naming file and column."""
+    storage.write_frame("data/raw/a.csv", kaggle(3))
+    storage.write_frame("data/raw/b.parquet", kaggle(3).with_columns(pl.lit(0.5).alias("V29")))
+    storage.write_frame(f"{CURRENT}/c.csv", kaggle(3).drop("Time"))
+    with pytest.raises(DataValidationError) as info:
+        load_folder(storage, [RAW, CURRENT], KAGGLE, labelled_only=False)
+    same = "every file of a folder has the same columns"
+    assert [(p.file, p.column, p.message) for p in info.value.problems] == [
+        (storage.uri("data/raw/b.parquet"), "V29", f"extra column (a.csv has no such column: {same})"),
+        (storage.uri(f"{CURRENT}/c.csv"), "Time", f"missing column (a.csv has it: {same})"),
+    ]
+    storage.delete("data/raw", recursive=True)
+    storage.delete(CURRENT, recursive=True)
+    storage.write_frame("data/raw/a.csv", kaggle(3))
+    storage.write_frame("data/raw/b.csv", kaggle(3, Time=["2018-04-01 00:00:00"] * 3))
+    with pytest.raises(DataValidationError) as info:
+        load_folder(storage, [RAW], KAGGLE, labelled_only=False)
+    types = "every file of a folder has the same types"
+    check(
+        info.value.problems,
+        storage.uri("data/raw/b.csv"),
+        "Time",
+        f"datetimes, but seconds in a.csv ({types})",
+        0,
+        [],
+    )
+    storage.write_frame("data/raw/a.csv", tx(3))
+    storage.write_frame("data/raw/b.csv", tx(3, start_id=3, CUSTOMER_ID=["c1", "c2", "c3"]))
+    with pytest.raises(DataValidationError) as info:
+        load_folder(storage, [RAW], HANDBOOK, labelled_only=False)
+    check(
+        info.value.problems,
+        storage.uri("data/raw/b.csv"),
+        "CUSTOMER_ID",
+        "text ids, but integer ids in a.csv (every file of a folder has the same types)",
+        0,
+        [],
+    )
+
+
+def test_import_keeps_data_raw_to_one_layout(tmp_path: Path, storage: Storage) -> None:
+    settings = Settings(workspace=storage.url, data={"kind": "features"})
+    first = import_files(storage, settings, [write_csv(tmp_path / "a.csv", kaggle(4))])
+    assert (first.features, first.time) == ([*V_COLUMNS, "Amount"], "Time")
+    extra = write_csv(tmp_path / "b.csv", kaggle(4).with_columns(pl.lit(1.5).alias("Merchant")))
+    other = write_csv(tmp_path / "c.csv", kaggle(4).drop("Time"))
+    with pytest.raises(DataValidationError) as info:
+        import_files(storage, settings, [extra, other])
+    a = storage.uri("data/raw/a.csv")
+    same = "every file of a folder has the same columns"
+    assert [(p.file, p.column, p.message) for p in info.value.problems] == [
+        (extra, "Merchant", f"extra column ({a} has no such column: {same})"),
+        (other, "Time", f"missing column ({a} has it: {same})"),
+    ]
+    assert raw_names(storage) == ["a.csv"]
+    # a file replacing a.csv is compared with the others, not with the file it replaces
+    import_files(storage, settings, [write_csv(tmp_path / "a.csv", kaggle(4).drop("Time"))], force=True)
+    assert storage.read_frame("data/raw/a.csv").columns[0] == "V1"
 
 
 def test_load_folder_errors(storage: Storage) -> None:

@@ -1,19 +1,25 @@
 """Training: the leak-free time split, the features-kind split, candidates, threshold, bad inputs.
 
 Everything here calls the functions directly on a tiny simulation (no MLflow store is created; the
-tracking side of ``train_step`` is tested in test_registry.py, which shares one store).
+tracking side of ``train_step`` is tested in test_registry.py, which shares one store), but the last test:
+a features-kind table without a time column through the real commands and steps.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import time
 
 import numpy as np
 import polars as pl
 import pytest
+import yaml
+from typer.testing import CliRunner
 
 from fraudops import features
+from fraudops.cli import build
 from fraudops.config import DataConfig, FeaturesConfig, Settings, SimulateConfig, TrainConfig
 from fraudops.context import StepContext
 from fraudops.data.loading import fingerprint
@@ -21,7 +27,11 @@ from fraudops.data.schema import CUSTOMER, LABEL, TX_ID, TX_TIME
 from fraudops.data.simulate import simulate
 from fraudops.errors import FraudopsError
 from fraudops.modeling import evaluate, splits, train
+from fraudops.tracking.client import client, experiment_id
 from fraudops.workspace import init_workspace
+from fraudops.workspace.layout import CURRENT, DECISION_JSON, PREDICTIONS, PROD_INPUTS
+from helpers import SMALL_XGB as HELPER_XGB
+from helpers import kaggle_like
 
 SIM = SimulateConfig(n_customers=300, n_terminals=600, n_days=50, seed=1)  # 2018-04-01 .. 2018-05-20
 FIRST, LAST = dt.date(2018, 4, 1), dt.date(2018, 5, 20)
@@ -236,6 +246,15 @@ def test_features_kind_without_time_is_stratified():
         assert abs(part[LABEL].sum() - rate * part.height) <= 1  # type: ignore[operator]
 
 
+@pytest.mark.parametrize(("n", "frauds"), [(100, 1), (4, 2)])
+def test_features_kind_without_time_too_few_rows_to_stratify_is_an_error(n: int, frauds: int):
+    df = feature_table(n, with_time=False).with_columns(
+        pl.Series(LABEL, [1] * frauds + [0] * (n - frauds), dtype=pl.Int8)
+    )
+    with pytest.raises(FraudopsError, match=f"{n} labelled rows with {frauds} frauds are too few to split"):
+        splits.split(df, features_settings())
+
+
 def test_features_kind_trains_on_its_own_columns():
     df = feature_table(4000, seed=3)
     df = df.with_columns(((pl.col("V1") > 1.2) | (pl.col(LABEL) == 1)).cast(pl.Int8).alias(LABEL))
@@ -368,3 +387,71 @@ def test_unreachable_tracking_server_fails_fast_before_any_work(tmp_path):
         train.train_step(StepContext.of(settings))
     assert time.perf_counter() - started < 10
     assert not (tmp_path / "ws" / "mlflow.db").exists()
+
+
+# ----------------------------------------------------------------------- features kind without time
+
+
+def test_features_kind_without_a_time_column_end_to_end(tmp_path, monkeypatch):
+    """A Kaggle-like table without Time, through the real commands and steps: init --kind features, data
+    validate and import, then one execution of train → register → select_champion → batch_inference →
+    monitor; training splits stratified at random and logs the feature columns it chose."""
+    for var in [v for v in os.environ if v.startswith("FRAUDOPS_")]:
+        monkeypatch.delenv(var)
+    app, ws = build(), tmp_path / "ws"
+
+    def cli(*args: str) -> str:
+        r = CliRunner().invoke(app, [*args])
+        assert r.exit_code == 0, r.output
+        return " ".join(r.output.split())
+
+    cli("init", str(ws), "--kind", "features")
+    config = yaml.safe_load((ws / "fraudops.yaml").read_text())
+    config["train"].update({"candidates": ["xgboost"], "min_frauds": 5, "n_jobs": 1})
+    config["train"]["xgboost"].update(HELPER_XGB)
+    (ws / "fraudops.yaml").write_text(yaml.safe_dump(config))
+    table = kaggle_like(4000, 0).drop("Time")
+    table.write_csv(tmp_path / "creditcard.csv")
+    features = [f"V{i}" for i in range(1, 29)] + ["Amount"]
+
+    out = cli("data", "validate", str(tmp_path / "creditcard.csv"), "-w", str(ws))
+    assert f"29 feature columns: {', '.join(features)}; no time column (stratified random split)" in out
+    assert "all files valid" in out
+    cli("data", "import", str(tmp_path / "creditcard.csv"), "-w", str(ws))
+    kaggle_like(300, 1).drop("Time", "Class").write_csv(ws / PROD_INPUTS / "today.csv")
+
+    out = cli("run", "-w", str(ws))
+    assert "SUCCEEDED" in out
+    execution = out.split("execution ", 1)[1].split(" ", 1)[0]
+    logs = cli("executions", "show", execution, "-w", str(ws), "--logs")
+    assert f"features kind: 29 feature columns: {', '.join(features)}; no time column" in logs
+    first = json.loads((ws / DECISION_JSON).read_text())
+    assert (first["status"], first["n_rows"], first["retraining_required"]) == (
+        "insufficient data",
+        300,
+        "NO",
+    )
+    # labels arrive for rows the champion never saw: monitoring judges them (and the batch scored)
+    kaggle_like(1500, 2).drop("Time").write_parquet(ws / CURRENT / "labelled.parquet")
+    cli("monitor", "-w", str(ws))
+
+    settings = init_workspace(str(ws))[0]
+    mlflow = client(settings)
+    runs = mlflow.search_runs([experiment_id(settings)], "tags.`fraudops.step` = 'train'")
+    assert len(runs) == 1
+    params = runs[0].data.params
+    assert params["window_split"] == "stratified"
+    assert params["feature_columns"] == ",".join(features)
+    assert (params["window_fit_rows"], params["window_valid_rows"], params["window_test_rows"]) == (
+        "2560",
+        "640",
+        "800",
+    )
+    scored = pl.read_csv(ws / PREDICTIONS / "today.out.csv")
+    assert scored.height == 300 and scored["row_number"].to_list() == list(range(300))
+    decision = json.loads((ws / DECISION_JSON).read_text())
+    # judged: the 1,500 labelled rows and the 300 to score, none of them seen in training; no time span
+    assert (decision["n_rows"], decision["n_labelled"]) == (1800, 1500)
+    assert decision["window_start"] is None and decision["reference_start"] is None
+    assert decision["reference_rows"] == 800
+    assert decision["status"] == "ok"

@@ -30,7 +30,9 @@ class Columns(Section):
 
     transaction_id: str | None = Field("TRANSACTION_ID", description="unique id; null = row number")
     timestamp: str | None = Field(
-        "TX_DATETIME", description="event time (datetime, or seconds for features kind)"
+        "TX_DATETIME",
+        description="event time (datetime; features kind: seconds or datetime, and optional: without it "
+        "training splits the rows at random, stratified)",
     )
     customer_id: str = Field("CUSTOMER_ID", description="card / customer id (transactions kind)")
     terminal_id: str = Field("TERMINAL_ID", description="terminal / merchant id (transactions kind)")
@@ -56,7 +58,9 @@ class DataConfig(Section):
     )
     columns: Columns = Field(default_factory=Columns)
     feature_columns: list[str] | None = Field(
-        None, description="features kind: model inputs; null = every numeric column but id, time and label"
+        None,
+        description="features kind: model inputs; null = every column but id, time and label, each of them "
+        "numeric (index-like columns such as 'Unnamed: 0' are refused unless listed here)",
     )
 
     @model_validator(mode="before")

@@ -27,9 +27,10 @@ Invalid rows
     narrows the output, and ``reason``, e.g. ``V3: not a number``) and the rest is scored; a previous
     rejects file is deleted when a run finds none. With ``fail`` any invalid row fails the file:
     the error names file, column, number of rows, examples and the first row, and nothing is written for
-    it. A missing column (model feature, configured role, join column) or an empty file always fails the
-    file. A failing file does not stop the others: they are scored, then the step raises
-    :class:`BatchError` listing the failures (earlier outputs of a failing file are left untouched).
+    it. A missing column (model feature, configured role but the features kind's time, join column), an
+    empty file or a file with no valid row always fails the file. A failing file does not stop the
+    others: they are scored, then the step raises :class:`BatchError` listing the failures (earlier
+    outputs of a failing file are left untouched).
 
 Memory
     The features kind streams: Parquet by record batches of ``batch.chunk_rows`` rows
@@ -70,9 +71,10 @@ from pydantic import BaseModel
 from fraudops import features
 from fraudops.config import Settings
 from fraudops.context import Progress
-from fraudops.data.schema import LABEL, ROW_ERROR, SCENARIO, TX_ID, role_columns
+from fraudops.data.reading import duplicate_names, read_table, reading
+from fraudops.data.schema import LABEL, ROW_ERROR, SCENARIO, TX_ID, TX_TIME, role_columns
 from fraudops.data.validation import validate
-from fraudops.errors import DataValidationError, FraudopsError, Problem, StorageError
+from fraudops.errors import DataValidationError, Problem
 from fraudops.modeling.model import FraudModel
 from fraudops.workspace.layout import PREDICTIONS
 from fraudops.workspace.storage import Storage
@@ -81,7 +83,7 @@ ROW_NUMBER = "row_number"
 REASON = "reason"
 PROBABILITY, FLAG, VERSION, SCORED_AT = "fraud_probability", "is_fraud", "model_version", "scored_at"
 OUTPUT_COLUMNS = (PROBABILITY, FLAG, VERSION, SCORED_AT)
-CSV_INFER_ROWS = 10_000  # as Storage.read_frame: rows read to decide whether a CSV time column is numeric
+CSV_INFER_ROWS = 10_000  # rows read to decide whether a features-kind CSV time column holds seconds
 PARQUET_COMPRESSION = "snappy"
 
 
@@ -133,7 +135,7 @@ class _Plan:
     join: list[str]  # input columns copied to the output (the id apart)
     read: list[str]  # columns to read: validation, features and the output need them
     features: list[str] | None  # features kind: the model's inputs, read from the file
-    numeric_time: str | None = None  # features-kind CSV: a numeric time column, read as text, to cast
+    numeric_time: bool | None = None  # features kind: whether the time column holds seconds (all chunks)
 
     @property
     def out_id(self) -> str:
@@ -146,10 +148,17 @@ def _plan(storage: Storage, rel: str, settings: Settings, model: FraudModel) -> 
     parquet = rel.lower().endswith(".parquet")
     columns, total = _file_columns(storage, rel, parquet)
     cfg = settings.data
+    duplicated = duplicate_names(columns)
+    if duplicated:
+        raise DataValidationError([Problem(uri, c, "duplicate column name") for c in duplicated])
     roles = role_columns(cfg)  # file name -> canonical name
-    required = [name for name, canon in roles.items() if canon not in (SCENARIO, LABEL)]
-    optional = [name for name, canon in roles.items() if canon in (SCENARIO, LABEL) and name in columns]
+    # the features kind scores without a time column (the model's inputs are the feature columns)
+    optional_roles = (SCENARIO, LABEL, TX_TIME) if cfg.kind == "features" else (SCENARIO, LABEL)
+    required = [name for name, canon in roles.items() if canon not in optional_roles]
+    optional = [name for name, canon in roles.items() if canon in optional_roles and name in columns]
     features = list(model.feature_names) if cfg.kind == "features" else None
+    if cfg.kind == "features" and cfg.columns.amount:
+        required.append(cfg.columns.amount)
     join = list(columns) if settings.batch.join_columns is None else list(settings.batch.join_columns)
     missing = [c for c in dict.fromkeys([*required, *(features or []), *join]) if c not in columns]
     if missing:
@@ -160,13 +169,8 @@ def _plan(storage: Storage, rel: str, settings: Settings, model: FraudModel) -> 
     wanted = {*required, *optional, *(features or []), *join}
     plan = _Plan(uri, parquet, id_column, join, [c for c in columns if c in wanted], features)
     time_column = cfg.columns.timestamp
-    if (
-        cfg.kind == "features"
-        and not parquet
-        and time_column
-        and _csv_numeric_time(storage, rel, time_column)
-    ):
-        plan.numeric_time = time_column
+    if cfg.kind == "features" and time_column in columns:
+        plan.numeric_time = _numeric_time(storage, rel, time_column, parquet)
     return plan, total
 
 
@@ -178,24 +182,9 @@ def _source(storage: Storage, rel: str, stack: contextlib.ExitStack) -> Any:
     return storage.path(rel) if storage.is_local else stack.enter_context(storage.open_read(rel))
 
 
-def _unreadable(uri: str, e: Exception) -> DataValidationError:
-    return DataValidationError([Problem(uri, None, f"cannot be read: {e}")])
-
-
-@contextlib.contextmanager
-def _reading(uri: str) -> Iterator[None]:
-    """Reader errors (bad Parquet, ragged CSV, …) as a DataValidationError naming the file."""
-    try:
-        yield
-    except (FraudopsError, StorageError):
-        raise
-    except Exception as e:  # pyarrow and polars raise many types for unreadable content
-        raise _unreadable(uri, e) from e
-
-
 def _file_columns(storage: Storage, rel: str, parquet: bool) -> tuple[list[str], int | None]:
     """Column names and (Parquet) row count, from the file's footer or header only."""
-    with _reading(storage.uri(rel)), contextlib.ExitStack() as stack:
+    with reading(storage.uri(rel)), contextlib.ExitStack() as stack:
         src = _source(storage, rel, stack)
         if parquet:
             import pyarrow.parquet as pq
@@ -205,18 +194,25 @@ def _file_columns(storage: Storage, rel: str, parquet: bool) -> tuple[list[str],
         return pl.scan_csv(src, infer_schema=False).collect_schema().names(), None
 
 
-def _csv_numeric_time(storage: Storage, rel: str, column: str) -> bool:
-    """Whether a CSV time column is numeric (seconds), by the type a whole-file read would infer."""
-    with _reading(storage.uri(rel)), contextlib.ExitStack() as stack:
+def _numeric_time(storage: Storage, rel: str, column: str, parquet: bool) -> bool:
+    """Features kind: whether the time column holds seconds, decided once for every chunk of the file
+    (Parquet by its type; CSV, read as text, by its first rows: a bad cell later is an invalid row)."""
+    with reading(storage.uri(rel)), contextlib.ExitStack() as stack:
         src = _source(storage, rel, stack)
-        schema = pl.scan_csv(src, infer_schema_length=CSV_INFER_ROWS).select(column).collect_schema()
-    return schema[column].is_numeric()
+        if parquet:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            kind = pq.ParquetFile(src).schema_arrow.field(column).type
+            return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind))
+        head = pl.scan_csv(src, infer_schema=False).select(column).head(CSV_INFER_ROWS).collect()
+    return bool(head[column].cast(pl.Float64, strict=False).is_not_null().any())
 
 
 def _chunks(storage: Storage, rel: str, plan: _Plan, chunk_rows: int) -> Generator[pl.DataFrame]:
     """The file's rows, ``chunk_rows`` at a time, only the planned columns (CSV as text)."""
     with contextlib.ExitStack() as stack:
-        with _reading(plan.uri):
+        with reading(plan.uri):
             src = _source(storage, rel, stack)
             if plan.parquet:
                 import pyarrow.parquet as pq
@@ -229,7 +225,7 @@ def _chunks(storage: Storage, rel: str, plan: _Plan, chunk_rows: int) -> Generat
                 lazy = pl.scan_csv(src, infer_schema=False).select(plan.read)
                 batches = iter(lazy.collect_batches(chunk_size=chunk_rows))
         while True:
-            with _reading(plan.uri):
+            with reading(plan.uri):
                 try:
                     batch = next(batches)
                 except StopIteration:
@@ -240,9 +236,7 @@ def _chunks(storage: Storage, rel: str, plan: _Plan, chunk_rows: int) -> Generat
 
 def _whole(storage: Storage, rel: str, plan: _Plan) -> Generator[pl.DataFrame]:
     """Transactions kind: the whole file at once, typed as data import reads it (features need every row)."""
-    with _reading(plan.uri):
-        df = storage.read_frame(rel, columns=plan.read)
-    yield df
+    yield read_table(storage, rel, columns=plan.read)
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -371,13 +365,16 @@ def _score_chunk(
     raw: pl.DataFrame, offset: int, plan: _Plan, ctx: _Context, tally: _Tally
 ) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
     """Validate, score and join one chunk → (output rows, rejected rows); no output once fail mode failed."""
-    checked = raw
-    if plan.numeric_time and raw.schema[plan.numeric_time] == pl.String:
-        checked = raw.with_columns(pl.col(plan.numeric_time).cast(pl.Float64, strict=False))
-    v = validate(checked, ctx.settings.data, plan.uri, feature_columns=plan.features)
-    whole_file = [p for p in v.problems if p.n_rows == 0]  # missing columns, empty file
-    if whole_file:
-        raise DataValidationError(whole_file)
+    v = validate(
+        raw,
+        ctx.settings.data,
+        plan.uri,
+        feature_columns=plan.features,
+        numeric_time=plan.numeric_time,
+        partial=True,
+    )
+    if v.file_problems:  # missing columns, empty file
+        raise DataValidationError(v.file_problems)
     tally.rows_in += raw.height
     errors = v.frame.get_column(ROW_ERROR)
     n_bad = errors.len() - errors.null_count()
@@ -475,6 +472,9 @@ def score_file(
             raise DataValidationError([Problem(plan.uri, None, "empty file")])
         if ctx.fail and tally.problems:
             raise tally.error()
+        if tally.scored == 0:  # every row rejected: a failure, not an empty success
+            no_row = Problem(plan.uri, None, f"no valid row: all {tally.rows_in:,} rows are invalid")
+            raise DataValidationError([no_row, *tally.error().problems])
         writer.close()
     if rejects.out is None:
         storage.delete(rejects_rel)  # a previous run's rejects no longer apply

@@ -92,12 +92,16 @@ def data_import(
     force: Annotated[bool, typer.Option(help="Replace files of the same name in data/raw/.")] = False,
 ) -> None:
     """Validate files and copy them into data/raw/ (all or nothing)."""
-    from fraudops.data.loading import import_files
+    from fraudops.data.loading import describe_features, import_files
 
     settings, storage = open_workspace(workspace)
     with spinner("validating"):
-        results = import_files(storage, settings, files, force=force)
-    console.print(table("imported", results))
+        imported = import_files(storage, settings, files, force=force)
+    console.print(table("imported", imported.files))
+    if settings.data.kind == "features":
+        console.print(
+            f"features kind: {describe_features(imported.features, imported.time)}", highlight=False
+        )
 
 
 @app.command("validate")
@@ -106,24 +110,21 @@ def data_validate(
     files: Annotated[list[str], typer.Argument(help="CSV or Parquet files (paths or fsspec URLs).")],
     workspace: WorkspaceOpt = ".",
 ) -> None:
-    """Check files against the workspace's data kind and column mapping, without copying them."""
-    from fraudops.data.loading import read_source
-    from fraudops.data.validation import validate
+    """Check files against the workspace's data kind, column mapping and the files in data/raw/, without
+    copying them."""
+    from fraudops.data.loading import check_files, describe_features
     from fraudops.errors import DataValidationError
 
-    settings, _ = open_workspace(workspace)
-    problems = []
-    rows = []
-    for f in files:
-        try:
-            v = validate(read_source(f), settings.data, f)
-        except DataValidationError as e:
-            problems += e.problems
-            continue
-        problems += v.problems
-        rows.append({"file": f, "rows": v.frame.height, "invalid rows": v.rejects.height})
+    settings, storage = open_workspace(workspace)
+    with spinner("validating"):
+        checked, problems = check_files(storage, settings, files)
+    rows = [{"file": f, "rows": v.frame.height, "invalid rows": v.rejects.height} for f, v in checked]
     if rows:
         console.print(table("checked", rows))
+    if settings.data.kind == "features":
+        for f, v in checked:
+            if v.features:
+                console.print(f"{f}: {describe_features(v.features, v.time)}", highlight=False)
     if problems:
         raise DataValidationError(problems)
     console.print("[green]all files valid[/]")

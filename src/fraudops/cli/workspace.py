@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import subprocess
 import sys
 from typing import Annotated
@@ -16,6 +17,11 @@ from fraudops.cli.render import console, err_console
 from fraudops.workspace import Storage, init_workspace, load_settings, open_workspace
 
 
+class DataKind(enum.StrEnum):
+    transactions = "transactions"
+    features = "features"
+
+
 @handle_errors
 def version() -> None:
     """Print the fraudops version."""
@@ -25,15 +31,26 @@ def version() -> None:
 @handle_errors
 def init(
     path: Annotated[str, typer.Argument(help="Folder or fsspec URL (s3://bucket/prefix).")] = ".",
+    kind: Annotated[
+        DataKind | None,
+        typer.Option(
+            help="Data kind of a new workspace: raw card transactions (the default) or an already-engineered "
+            "features table such as Kaggle's creditcard.csv (writes the Kaggle column mapping).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Create a workspace: a documented fraudops.yaml and the seed bucket's folder layout."""
-    settings, created = init_workspace(path)
+    settings, created = init_workspace(path, kind.value if kind else None)
     storage = Storage(settings.workspace)
     verb = "created" if created else "kept existing"
     console.print(f"workspace [bold]{storage.uri()}[/]: {verb} fraudops.yaml, folders ready")
-    console.print(
-        f"next: [bold]fraudops -w {path} data simulate[/] or [bold]fraudops -w {path} data import FILE[/]"
-    )
+    if settings.data.kind == "features":
+        console.print(f"next: [bold]fraudops -w {path} data import FILE[/] (e.g. creditcard.csv)")
+    else:
+        console.print(
+            f"next: [bold]fraudops -w {path} data simulate[/] or [bold]fraudops -w {path} data import FILE[/]"
+        )
 
 
 @handle_errors

@@ -1,30 +1,38 @@
-"""Reading tables from the workspace: folders of CSV and Parquet files, validated, under canonical names."""
+"""Reading tables from the workspace: folders of CSV and Parquet files, validated, under canonical names.
+
+Every file of a folder (data/raw/ with monitoring_inputs/current_data/, or the files imported into
+data/raw/) has the same layout: for the features kind the same feature columns and the same time column
+(or none), and ids and times of the same kind (integers or text; seconds or datetimes). A file that
+differs is an error naming the file and the column, never a silently missing feature or an id that
+matches no history.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 import posixpath
 from collections.abc import Iterable
+from typing import Any
 
 import polars as pl
 
 from fraudops.config import DataConfig, Settings
-from fraudops.data.schema import LABEL, TX_ID, TX_TIME, model_inputs
+from fraudops.data.reading import header, read_table
+from fraudops.data.schema import CUSTOMER, LABEL, TERMINAL, TX_ID, TX_TIME, role_columns
 from fraudops.data.validation import Validated, validate
 from fraudops.errors import DataValidationError, Problem, StorageError
 from fraudops.workspace.layout import CURRENT, RAW, TABLE_SUFFIXES
 from fraudops.workspace.storage import Storage
 
+log = logging.getLogger("fraudops.data")
+
 
 def read_source(path: str) -> pl.DataFrame:
     """A CSV or Parquet file from any local path or fsspec URL (for import)."""
     folder, name = posixpath.split(path)
-    try:
-        return Storage(folder or ".").read_frame(name)
-    except StorageError:
-        raise
-    except Exception as e:  # polars raises many types for unreadable content
-        raise DataValidationError([Problem(path, None, f"cannot be read: {e}")]) from e
+    return read_table(Storage(folder or "."), name)
 
 
 def load_table(
@@ -35,12 +43,7 @@ def load_table(
     require_label: bool = False,
     feature_columns: list[str] | None = None,
 ) -> Validated:
-    try:
-        df = storage.read_frame(rel)
-    except StorageError:
-        raise
-    except Exception as e:
-        raise DataValidationError([Problem(storage.uri(rel), None, f"cannot be read: {e}")]) from e
+    df = read_table(storage, rel)
     return validate(df, cfg, storage.uri(rel), require_label=require_label, feature_columns=feature_columns)
 
 
@@ -55,22 +58,95 @@ def table_files(storage: Storage, folder: str) -> list[str]:
     return files
 
 
+# ------------------------------------------------------------------------------ one layout per folder
+
+
+@dataclasses.dataclass
+class _Layout:
+    """What the files of a folder share: feature and time columns (features kind; None = not compared)
+    and the kind of values of the id and time columns ("integer ids" or "text ids", "seconds" or
+    "datetimes"), under the files' own names."""
+
+    columns: list[str] | None
+    types: dict[str, str]
+
+
+def _layout(v: Validated, cfg: DataConfig) -> _Layout:
+    columns = [*v.features, *([v.time] if v.time else [])] if cfg.kind == "features" else None
+    types = {}
+    for name, canon in role_columns(cfg).items():
+        if canon not in v.frame.columns:
+            continue
+        dtype = v.frame.schema[canon]
+        if canon in (TX_ID, CUSTOMER, TERMINAL):
+            types[name] = "text ids" if dtype == pl.String else "integer ids"
+        elif canon == TX_TIME:
+            types[name] = "seconds" if dtype.is_numeric() else "datetimes"
+    return _Layout(columns, types)
+
+
+def _header_layout(columns: list[str], cfg: DataConfig) -> _Layout:
+    """A valid file's layout from its header alone (the files already in data/raw/ passed validation)."""
+    roles = role_columns(cfg)
+    time = [c for c in columns if roles.get(c) == TX_TIME]
+    if cfg.feature_columns:
+        return _Layout([*cfg.feature_columns, *time], {})
+    return _Layout([c for c in columns if c not in roles or roles[c] == TX_TIME], {})
+
+
+def _compare(uri: str, layout: _Layout, ref_name: str, ref: _Layout) -> list[Problem]:
+    """How a file's layout differs from the folder's (another file's), column by column."""
+    same = "every file of a folder has the same columns"
+    problems = []
+    if layout.columns is not None and ref.columns is not None:
+        problems += [
+            Problem(uri, c, f"missing column ({ref_name} has it: {same})")
+            for c in ref.columns
+            if c not in layout.columns
+        ]
+        problems += [
+            Problem(uri, c, f"extra column ({ref_name} has no such column: {same})")
+            for c in layout.columns
+            if c not in ref.columns
+        ]
+    for c, kind in layout.types.items():
+        if c in ref.types and ref.types[c] != kind:
+            problems.append(
+                Problem(
+                    uri,
+                    c,
+                    f"{kind}, but {ref.types[c]} in {ref_name} (every file of a folder has the same types)",
+                )
+            )
+    return problems
+
+
+def describe_features(features: list[str], time: str | None) -> str:
+    """The features kind's choice in one line, for the CLI and the logs."""
+    split = f"time column {time!r} (split by time)" if time else "no time column (stratified random split)"
+    return f"{len(features)} feature columns: {', '.join(features)}; {split}"
+
+
 def load_folder(
     storage: Storage, folders: Iterable[str], cfg: DataConfig, *, labelled_only: bool
 ) -> pl.DataFrame:
-    """All valid rows of every file in the folders, canonical; any invalid row is an error."""
+    """All valid rows of every file in the folders, canonical; any invalid row or a file whose layout
+    differs from the first file's is an error."""
     frames: list[pl.DataFrame] = []
     problems: list[Problem] = []
-    feature_columns: list[str] | None = None
+    first: tuple[str, Validated] | None = None
     for folder in folders:
         for rel in table_files(storage, folder):
-            v = load_table(storage, rel, cfg, feature_columns=feature_columns)
+            v = load_table(storage, rel, cfg)
             problems += v.problems
-            if v.problems:
+            if v.file_problems:
                 continue
+            if first is None:
+                first = (rel, v)
+            else:
+                ref = _layout(first[1], cfg)
+                problems += _compare(storage.uri(rel), _layout(v, cfg), posixpath.basename(first[0]), ref)
             frame = v.valid
-            if cfg.kind == "features" and feature_columns is None:
-                feature_columns = model_inputs(frame, cfg)
             if labelled_only:
                 if LABEL not in frame.columns:
                     continue
@@ -78,6 +154,8 @@ def load_folder(
             frames.append(frame)
     if problems:
         raise DataValidationError(problems)
+    if first is not None and cfg.kind == "features":
+        log.info("features kind: %s", describe_features(first[1].features, first[1].time))
     if not frames:
         return pl.DataFrame()
     df = pl.concat(frames, how="diagonal_relaxed")
@@ -117,15 +195,15 @@ def fingerprint(df: pl.DataFrame) -> dict[str, object]:
     return out
 
 
-def import_files(
-    storage: Storage, settings: Settings, paths: list[str], *, force: bool = False
-) -> list[dict]:
-    """Validate every file first, then copy each into data/raw/; any problem and nothing is written."""
+def check_files(
+    storage: Storage, settings: Settings, paths: list[str]
+) -> tuple[list[tuple[str, Validated]], list[Problem]]:
+    """Validate files meant for data/raw/: each on its own, then their layouts against each other and
+    against the files already in data/raw/ (those of the same names apart: an import replaces them)."""
     problems: list[Problem] = []
-    plans: list[tuple[str, str, pl.DataFrame]] = []
+    checked: list[tuple[str, Validated]] = []
     for path in paths:
-        name = posixpath.basename(path.rstrip("/"))
-        if not name.lower().endswith(TABLE_SUFFIXES):
+        if not posixpath.basename(path.rstrip("/")).lower().endswith(TABLE_SUFFIXES):
             problems.append(Problem(path, None, "unknown file type (expected .csv or .parquet)"))
             continue
         try:
@@ -138,18 +216,56 @@ def import_files(
             continue
         v = validate(df, settings.data, path)
         problems += v.problems
+        checked.append((path, v))
+    cfg = settings.data
+    names = {posixpath.basename(p.rstrip("/")) for p in paths}
+    existing = [rel for rel in table_files(storage, RAW) if posixpath.basename(rel) not in names]
+    raw: tuple[str, _Layout] | None = None
+    if existing and cfg.kind == "features":
+        raw = (storage.uri(existing[0]), _header_layout(header(storage, existing[0]), cfg))
+    first: tuple[str, _Layout] | None = None
+    for path, v in checked:
+        if v.file_problems:
+            continue
+        layout = _layout(v, cfg)
+        if raw is not None:
+            problems += _compare(path, layout, *raw)
+        if first is None:
+            first = (path, layout)
+        else:
+            ref = first[1] if raw is None else _Layout(None, first[1].types)
+            problems += _compare(path, layout, first[0], ref)
+    return checked, problems
+
+
+@dataclasses.dataclass
+class Imported:
+    """What an import copied, and (features kind) the model inputs and time column its files have."""
+
+    files: list[dict[str, Any]]
+    features: list[str]
+    time: str | None
+
+
+def import_files(storage: Storage, settings: Settings, paths: list[str], *, force: bool = False) -> Imported:
+    """Validate every file first, then copy each into data/raw/; any problem and nothing is written."""
+    checked, problems = check_files(storage, settings, paths)
+    targets: list[str] = []
+    for path, _ in checked:
+        name = posixpath.basename(path.rstrip("/"))
         target = f"{RAW}/{name}"
         if storage.exists(target) and not force:
             problems.append(Problem(path, None, f"{storage.uri(target)} exists (use --force to replace it)"))
-        if any(t == target for _, t, _ in plans):
+        if target in targets:
             problems.append(Problem(path, None, f"another file to import is also named {name}"))
-        plans.append((path, target, v.frame))
+        targets.append(target)
     if problems:
         raise DataValidationError(problems)
     results = []
-    for path, target, frame in plans:
+    for (path, v), target in zip(checked, targets, strict=True):
         folder, name = posixpath.split(path)
         storage.write_bytes(target, Storage(folder or ".").read_bytes(name))
+        frame = v.frame
         labelled = frame.filter(pl.col(LABEL).is_not_null()) if LABEL in frame.columns else frame.head(0)
         results.append(
             {
@@ -159,4 +275,5 @@ def import_files(
                 "frauds": int(labelled[LABEL].sum()) if labelled.height else 0,
             }
         )
-    return results
+    first = checked[0][1] if checked else None
+    return Imported(results, first.features if first else [], first.time if first else None)

@@ -10,6 +10,8 @@ Two kinds of data:
 * ``features`` — an already-engineered table such as Kaggle's ``creditcard.csv`` (``Time, V1..V28,
   Amount, Class``); its numeric columns are the model inputs under their own names.
 
+The features kind's time column is optional: without it training splits the rows stratified at random.
+
 Missing values: a null in a required column (id, timestamp, customer, terminal, amount, and every
 feature column of the features kind) makes the row invalid. A null label means "not labelled yet": such
 rows are scored, and left out of training and evaluation. NaN and ±inf count as missing.
@@ -54,14 +56,6 @@ def to_file_columns(df: pl.DataFrame, cfg: DataConfig) -> pl.DataFrame:
     """Canonical names back to the configured file names (what the simulator writes)."""
     back = {canon: name for name, canon in role_columns(cfg).items() if canon in df.columns}
     return df.rename(back)
-
-
-def feature_table_columns(df: pl.DataFrame, cfg: DataConfig) -> list[str]:
-    """Model inputs of the features kind: configured, or every numeric non-role column."""
-    if cfg.feature_columns:
-        return list(cfg.feature_columns)
-    roles = set(role_columns(cfg))
-    return [c for c, t in df.schema.items() if c not in roles and t.is_numeric()]
 
 
 def model_inputs(df: pl.DataFrame, cfg: DataConfig) -> list[str]:

@@ -112,10 +112,18 @@ def split_table(df: pl.DataFrame, cfg: TrainConfig) -> Split:
 
         idx = np.arange(df.height)
         y = df[LABEL].to_numpy()
-        rest, test_idx = train_test_split(idx, test_size=cfg.test_fraction, stratify=y, random_state=cfg.seed)
-        fit_idx, valid_idx = train_test_split(
-            rest, test_size=cfg.validation_fraction, stratify=y[rest], random_state=cfg.seed
-        )
+        try:
+            rest, test_idx = train_test_split(
+                idx, test_size=cfg.test_fraction, stratify=y, random_state=cfg.seed
+            )
+            fit_idx, valid_idx = train_test_split(
+                rest, test_size=cfg.validation_fraction, stratify=y[rest], random_state=cfg.seed
+            )
+        except ValueError as e:  # a class with too few rows for every part to hold both classes
+            raise FraudopsError(
+                f"{df.height:,} labelled rows with {int(y.sum()):,} frauds are too few to split at random, "
+                "stratified, into fit, validation and test (each needs both classes): add labelled rows"
+            ) from e
         fit, valid, test = df[np.sort(fit_idx)], df[np.sort(valid_idx)], df[np.sort(test_idx)]
         how = "stratified"
     windows = {

@@ -259,6 +259,7 @@ def log_training(
                 "cost_missed_fraud": cfg.threshold.cost_missed_fraud,
                 "cost_false_alert": cfg.threshold.cost_false_alert,
                 "n_features": len(result.model.feature_names),
+                "feature_columns": ",".join(result.model.feature_names)[:6000],
                 **{f"window_{k}": v for k, v in result.windows.items()},
                 **({f"xgb_{k}": v for k, v in cfg.xgboost.items()} if result.model.kind == "xgboost" else {}),
                 "seed": cfg.seed,
