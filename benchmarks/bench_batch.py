@@ -211,7 +211,7 @@ def bench_in(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
         "rss_before_scoring_mb": rss_before,
         "peak_rss_scoring_mb": peak_rss,
         "max_abs_diff_vs_bare_predict": max_diff,
-        "flagged": result["flagged"],
+        "flagged": result.flagged,
         "load_average": os.getloadavg(),
     }
 

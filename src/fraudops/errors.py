@@ -35,7 +35,7 @@ class Problem:
     examples: list[str] = dataclasses.field(default_factory=list)
 
     def __str__(self) -> str:
-        where = f"{self.file}" + (f", column {self.column!r}" if self.column else "")
+        where = f"{self.file}" + (f", column {self.column!r}" if self.column is not None else "")
         rows = f" ({self.n_rows} rows" + (f", e.g. {', '.join(self.examples)}" if self.examples else "") + ")"
         return f"{where}: {self.message}" + (rows if self.n_rows else "")
 
