@@ -842,7 +842,7 @@ def test_demo_stages_the_data_in_two_moments(tmp_path: Path) -> None:
     demo.stage_later(storage, settings, df, t)
     raw2, cur2, batch2 = days("data/raw"), days("monitoring_inputs/current_data"), days("prod_inputs")
     assert raw2[1] == cur[1]  # last week joined the history
-    assert cur2[0] == t.drift_start and cur2[1] < batch2[0]  # four drifted labelled weeks, then a new batch
+    assert cur2[0] == t.later[0] < t.drift_start and cur2[1] < batch2[0]  # four labelled weeks, a batch
     assert len(storage.ls("prod_inputs")) == 1
     with pytest.raises(FraudopsError, match="is not empty"):
         demo.create(ws, customers=150, trees=10, force=False)

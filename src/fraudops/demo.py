@@ -4,15 +4,17 @@ One simulation (same customers and terminals throughout) is cut into the data a 
 moments, so that monitoring compares *new* data with the champion's reference (current data that a model
 was trained and promoted on cannot show drift, and retraining on unchanged data cannot improve anything)::
 
-    day  0 ............ 70 ..... 77 ............................ 105 ...... 112
-         | history      | week 1 | drift starts: 4 weeks labelled  | batch 2  |
-    go-live   data/raw     current  prod_inputs (batch 1 = days 77-83, unlabelled)
-    4 weeks   data/raw + week 1     current_data (labelled, drifted) prod_inputs
+    day  0 ............ 70 ..... 77 ....... 84 ...................... 105 ...... 112
+         | history      | week 1 | batch 1 | drift from here on         | batch 2  |
+    go-live   data/raw     current  prod_inputs (unlabelled)
+    4 weeks   data/raw + week 1     current_data: 4 weeks labelled, 3 drifted    prod_inputs
 
 1. **go-live** — ``{"run": "all"}``: train on the history, register, promote the first champion (its
-   reference = its test window, the latest labelled week), score batch 1, monitor that week.
+   reference = its test window, the latest labelled week), score batch 1, monitor what the champion has
+   not seen (batch 1): no drift yet.
 2. **four weeks later** — the weekly schedule ``{"run": "batch_inference"}``: score batch 2, monitor the four
-   labelled weeks (amounts up 50 %, night bursts of small frauds) → the decision, with its reasons.
+   labelled weeks and batch 2 (amounts up 50 %, night bursts of small frauds) → the decision, with its
+   reasons.
 3. **trigger** — on YES, ``{"run": "all", "triggered_by": "monitoring", "reason": "auto_retraining"}``
    retrains on the newer labelled data and the new challenger meets the champion on the same latest window.
 """
@@ -75,7 +77,8 @@ class Timeline:
 
     @property
     def drift_start(self) -> dt.date:
-        return self.day(HISTORY_DAYS + WEEK)
+        """After batch 1: at go-live monitoring sees undrifted production data."""
+        return self.day(HISTORY_DAYS + 2 * WEEK)
 
     @property
     def history(self) -> tuple[dt.date, dt.date]:
