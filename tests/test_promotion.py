@@ -505,3 +505,21 @@ def test_unreachable_tracking_server_is_a_clear_fast_error(life: Life, step: str
     assert f"MLflow tracking server {UNREACHABLE} cannot be reached" in message
     assert time.perf_counter() - started < 10
     assert state(life.settings, life.storage) == before
+
+
+def test_register_never_creates_two_versions_for_one_run(life: Life, tmp_path: Path):
+    """A version an interrupted registration created (killed before it tagged the run) is completed by
+    the next attempt, not duplicated."""
+    settings = with_train(life.settings)
+    run_id = train_step(StepContext(settings, life.storage)).run_id
+    tags = {registry.SOURCE_RUN_TAG: run_id}
+    first = registry.create_version(settings, run_id, tags)  # what the killed attempt had done
+    assert registry.REGISTERED_TAG not in client(settings).get_run(run_id).data.tags
+    before = [v["version"] for v in registry.describe(settings)["versions"]]
+    out = register_step(StepContext(settings, life.storage, handed={"train": StepResult(run_id=run_id)}))
+    assert out.version == int(first.version)
+    assert [v["version"] for v in registry.describe(settings)["versions"]] == before
+    assert [int(v.version) for v in registry.versions_of_run(settings, run_id)] == [out.version]
+    assert client(settings).get_run(run_id).data.tags[registry.REGISTERED_TAG] == str(out.version)
+    assert registry.aliases(settings)[CHALLENGER] == out.version
+    registry.set_alias(settings, CHALLENGER, None)  # leave the life's aliases as they were
