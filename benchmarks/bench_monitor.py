@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             "jobs": args.jobs or os.cpu_count(),
         },
         "html_report_seconds": report_seconds,
-        "decision": {k: decision[k] for k in ("retraining_required", "reasons", "drift_share")},
+        "decision": decision.model_dump(include={"retraining_required", "reasons", "drift_share"}),
         "peer": None,
     }
 
