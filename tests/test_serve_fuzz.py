@@ -380,7 +380,9 @@ _json = st.recursive(
 )
 _value = st.one_of(st.floats(min_value=-1e3, max_value=1e3), st.floats(min_value=-1e3, max_value=1e3), _json)
 _name = st.sampled_from([*FEATURES, TX, "Class", "", "V1 ", "v1", "é"])
+_number = st.floats(min_value=-1e3, max_value=1e3) | st.integers(-1000, 1000)
 _record = st.one_of(
+    st.fixed_dictionaries({f: _number for f in FEATURES}, optional={TX: st.text(max_size=4) | _number}),
     st.fixed_dictionaries({f: _value for f in FEATURES}, optional={TX: _json}),
     st.dictionaries(_name, _value, max_size=10),
 )
@@ -416,6 +418,9 @@ def _mutate(text: bytes, how: str, rnd: random.Random) -> bytes:
     if how == "deep":
         depth = rnd.choice([100, 999, 1000, 1025, 5000])
         return b"[" * depth + text + b"]" * depth
+    if how == "deep value":  # the first feature's number becomes an array nested up to 1,000 deep
+        depth = rnd.choice([10, 500, 990, 1000])
+        return re.sub(rb'"V1": -?[0-9][^,}\]]*', b'"V1": ' + b"[" * depth + b"]" * depth, text, count=1)
     if how == "bom":
         return b"\xef\xbb\xbf" + text
     return text
@@ -447,7 +452,7 @@ def _mutate(text: bytes, how: str, rnd: random.Random) -> bytes:
             "application/json; format=pandas-split",
         ]
     ),
-    how=st.sampled_from(["none"] * 6 + ["duplicate key", "cut", "broken utf-8", "deep", "bom"]),
+    how=st.sampled_from(["none"] * 6 + ["duplicate key", "cut", "broken utf-8", "deep", "deep value", "bom"]),
     key=st.sampled_from([API_KEY] * 8 + ["", "wrong", API_KEY + "x"]),
     seed=st.integers(0, 2**32),
 )
