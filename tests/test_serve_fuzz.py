@@ -298,6 +298,11 @@ def test_the_parser_process_answers_raises_and_restarts():
         await first.wait()
         x2, ids, single = await parser.run("predict", features, json.dumps(_row()).encode(), 10, None)
         assert parser.proc is not first and single and ids is None and np.array_equal(x2, x)
+        second = parser.proc
+        assert second is not None
+        second.kill()  # gone, and not yet known to be: the job is sent again to a new child
+        assert np.array_equal(await parser.run("invocations", features, JSON_TYPE, good, 10), x)
+        assert parser.proc is not second
         job = asyncio.ensure_future(parser.run("invocations", features, JSON_TYPE, good, 10))
         job.cancel()  # a job cancelled at its deadline takes its child with it
         with pytest.raises(asyncio.CancelledError):

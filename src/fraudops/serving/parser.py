@@ -50,25 +50,36 @@ class ParserProcess:
             raise RuntimeError("the parser process exited at start (its error is in the log above)")
 
     async def run(self, job: str, features: tuple[str, ...], *args: Any) -> Any:
-        """``JOBS[job](schema of features, *args)`` in the child: its result, or its ClientError raised."""
+        """``JOBS[job](schema of features, *args)`` in the child: its result, or its ClientError raised.
+        A child found gone (killed since its last job) is replaced once."""
+        data = pickle.dumps((job, features, args), protocol=pickle.HIGHEST_PROTOCOL)
         async with self.lock:
-            if self.proc is None or self.proc.returncode is not None:
-                await self.start()
-            proc = self.proc
-            assert proc is not None and proc.stdin is not None and proc.stdout is not None
-            try:
-                data = pickle.dumps((job, features, args), protocol=pickle.HIGHEST_PROTOCOL)
-                proc.stdin.write(_LENGTH.pack(len(data)))
-                proc.stdin.write(data)
-                await proc.stdin.drain()
-                (size,) = _LENGTH.unpack(await proc.stdout.readexactly(_LENGTH.size))
-                ok, value = pickle.loads(await proc.stdout.readexactly(size))
-            except BaseException:  # cancelled at a deadline, or the child died: its state is unknown
-                self.kill()
-                raise
+            for attempt in (1, 2):
+                if self.proc is None or self.proc.returncode is not None:
+                    await self.start()
+                try:
+                    ok, value = await self._exchange(data)
+                    break
+                except (OSError, asyncio.IncompleteReadError):
+                    self.kill()
+                    if attempt == 2:
+                        raise
+                except BaseException:  # cancelled at a deadline: the child's state is unknown
+                    self.kill()
+                    raise
         if ok:
             return value
         raise value
+
+    async def _exchange(self, data: bytes) -> tuple[bool, Any]:
+        proc = self.proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(_LENGTH.pack(len(data)))
+        proc.stdin.write(data)
+        await proc.stdin.drain()
+        (size,) = _LENGTH.unpack(await proc.stdout.readexactly(_LENGTH.size))
+        answer: tuple[bool, Any] = pickle.loads(await proc.stdout.readexactly(size))
+        return answer
 
     def kill(self) -> None:
         if self.proc is not None:

@@ -439,14 +439,14 @@ def json_matrix(body: bytes, schema: Schema, max_rows: int) -> np.ndarray:
     booleans = may_hold_booleans(body)
     if key == "dataframe_split":
         x = split_matrix(obj, schema, max_rows, booleans)
-        inner = len(obj) + _count_keys(obj.get("index"))
+        inner = len(obj) + (_count_keys(obj["index"]) if obj.get("index") else 0)
     elif key == "dataframe_records":
         x = records_matrix(obj, key, schema, max_rows, booleans)
         inner = len(obj) * len(schema.features)  # each record was checked to hold exactly the features
     else:
         x = tf_matrix(key, obj, schema, max_rows, booleans)
         inner = len(schema.features) if type(obj) is dict else len(obj) * len(schema.features)
-    check_unique_keys(body, len(doc) + _count_keys(params) + inner)
+    check_unique_keys(body, len(doc) + (_count_keys(params) if params else 0) + inner)
     return x
 
 
