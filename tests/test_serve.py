@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -185,10 +186,8 @@ def _dataset(n: int = 3000, seed: int = 0) -> pl.DataFrame:
     return pl.DataFrame({**cols, "Amount": amount, "Class": y})
 
 
-@pytest.fixture(scope="module")
-def champion(tmp_path_factory):
+def build_champion(root: Path) -> dict:
     """A features-kind workspace whose champion (version 1) went through train, register, select."""
-    root = tmp_path_factory.mktemp("serve") / "ws"
     _write_workspace(root)
     settings, _ = init_workspace(str(root))
     storage = Storage(settings.workspace)
@@ -204,23 +203,25 @@ def champion(tmp_path_factory):
     return {"root": root, "settings": settings, "storage": storage, "model": model, "rows": rows}
 
 
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory):
+    return build_champion(tmp_path_factory.mktemp("serve") / "ws")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(champion, tmp_path_factory):
-    """`fraudops serve` in its own process (two workers), API key on, fast reload checks."""
+@contextlib.contextmanager
+def serve_process(root: Path, log_path: Path, workers: int, **settings: str) -> Iterator[dict]:
+    """`fraudops serve` on ``root`` in its own process, ``settings`` as FRAUDOPS_SERVE__* variables (and
+    FRAUDOPS_* ones for a key with ``__``), until every worker serves the champion."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("serve-log") / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUDOPS_", "PROMETHEUS_"))}
     env.update(
-        FRAUDOPS_SERVE__API_KEY=API_KEY,
-        FRAUDOPS_SERVE__RELOAD_INTERVAL="0.3",
-        FRAUDOPS_SERVE__MAX_ROWS=str(MAX_ROWS),
-        FRAUDOPS_SERVE__MAX_PAYLOAD_BYTES=str(MAX_BYTES),
+        {(f"FRAUDOPS_{k}" if "__" in k else f"FRAUDOPS_SERVE__{k}").upper(): v for k, v in settings.items()}
     )
     cmd = [
         sys.executable,
@@ -228,13 +229,13 @@ def server(champion, tmp_path_factory):
         "fraudops.cli",
         "serve",
         "-w",
-        str(champion["root"]),
+        str(root),
         "--host",
         "127.0.0.1",
         "--port",
         str(port),
         "--workers",
-        "2",
+        str(workers),
     ]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -251,11 +252,11 @@ def server(champion, tmp_path_factory):
                 pytest.fail(f"server not ready after 120 s:\n{log_path.read_text()}")
             time.sleep(0.3)
         with httpx.Client(base_url=url, headers={"X-API-Key": API_KEY}, timeout=30) as client:
-            while _metric(client, "fraudops_serve_model_version") != [1.0, 1.0]:  # both workers ready
+            while _metric(client, "fraudops_serve_model_version") != [1.0] * workers:  # every worker ready
                 if time.monotonic() > deadline:
-                    pytest.fail(f"second worker not ready after 120 s:\n{log_path.read_text()}")
+                    pytest.fail(f"workers not ready after 120 s:\n{log_path.read_text()}")
                 time.sleep(0.3)
-            yield {"url": url, "client": client, "proc": proc, "log": log_path}
+            yield {"url": url, "port": port, "client": client, "proc": proc, "log": log_path}
     finally:
         proc.terminate()
         try:
@@ -263,6 +264,22 @@ def server(champion, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(champion, tmp_path_factory):
+    """`fraudops serve` in its own process (two workers), API key on, fast reload checks."""
+    log_path = tmp_path_factory.mktemp("serve-log") / "server.log"
+    with serve_process(
+        champion["root"],
+        log_path,
+        workers=2,
+        api_key=API_KEY,
+        reload_interval="0.3",
+        max_rows=str(MAX_ROWS),
+        max_payload_bytes=str(MAX_BYTES),
+    ) as srv:
+        yield srv
 
 
 def _metric(client: httpx.Client, name: str, **labels: str) -> list[float]:
@@ -418,7 +435,16 @@ def _split_text(cells: str) -> bytes:
     )
 
 
+def _record_text(name: str, raw: str, path: str = "/invocations") -> bytes:
+    """A one-record request whose feature ``name`` is the JSON text ``raw``, as typed."""
+    doc: object = {"dataframe_records": [_row()]} if path == "/invocations" else _row()
+    text = json.dumps(doc)
+    assert text.count(f'"{name}": 0.5') == 1
+    return text.replace(f'"{name}": 0.5', f'"{name}": {raw}').encode()
+
+
 BIG_ROW = ",".join(["0.123456789012345"] * 8)
+ROW_TEXT = json.dumps(_row())
 BAD = {  # name: (path, body, content type, status, field, words in the message)
     "malformed JSON": (
         "/invocations",
@@ -528,7 +554,121 @@ BAD = {  # name: (path, body, content type, status, field, words in the message)
         "application/json",
         400,
         "Amount",
-        "out of float32 range",
+        "dataframe_split.data[0].Amount: 1e+39 is out of float32 range",
+    ),
+    "integer beyond float32": (
+        "/invocations",
+        _split_text("1" + "0" * 60),
+        "application/json",
+        400,
+        "Amount",
+        "Amount: 1e+60 is out of float32 range",
+    ),
+    "array nested 1,000 deep": (
+        "/invocations",
+        _record_text("V3", "[" * 1000 + "]" * 1000),
+        "application/json",
+        400,
+        "V3",
+        "dataframe_records[0].V3: expected a number, got array [[[[",
+    ),
+    "object nested 500 deep": (
+        "/invocations",
+        _record_text("V1", '{"a": ' * 500 + "1" + "}" * 500),
+        "application/json",
+        400,
+        "V1",
+        'dataframe_records[0].V1: expected a number, got object {"a": {"a":',
+    ),
+    "nested 1,000 deep with NaN": (
+        "/invocations",
+        _record_text("V2", "[" * 1000 + "NaN" + "]" * 1000),
+        "application/json",
+        400,
+        "body",
+        "nested too deeply",
+    ),
+    "predict value nested 1,000 deep": (
+        "/predict",
+        _record_text("V5", "[" * 1000 + "1" + "]" * 1000, "/predict"),
+        "application/json",
+        400,
+        "V5",
+        "transaction[0].V5: expected a number, got array [[[[",
+    ),
+    "duplicate feature in a record": (
+        "/invocations",
+        _record_text("V3", '0.5, "V3": 7'),
+        "application/json",
+        400,
+        "V3",
+        "duplicate key 'V3'",
+    ),
+    "duplicate protocol key": (
+        "/invocations",
+        f'{{"dataframe_records": [], "dataframe_records": [{ROW_TEXT}]}}'.encode(),
+        "application/json",
+        400,
+        "dataframe_records",
+        "duplicate key 'dataframe_records'",
+    ),
+    "duplicate key in dataframe_split": (
+        "/invocations",
+        _split_text("0.5").replace(b', "data": ', b', "data": [[1, 2]], "data": '),
+        "application/json",
+        400,
+        "data",
+        "duplicate key 'data'",
+    ),
+    "duplicate feature in columns": (
+        "/invocations",
+        json.dumps({"inputs": {k: [0.5] for k in FEATURES}})
+        .replace('"V1": [0.5]', '"V1": [1], "V1": [2]')
+        .encode(),
+        "application/json",
+        400,
+        "V1",
+        "duplicate key 'V1'",
+    ),
+    "duplicate key in params": (
+        "/invocations",
+        f'{{"dataframe_records": [{ROW_TEXT}], "params": {{"a": 1, "a": 2}}}}'.encode(),
+        "application/json",
+        400,
+        "a",
+        "duplicate key 'a'",
+    ),
+    "predict duplicate feature": (
+        "/predict",
+        _record_text("Amount", '0.5, "Amount": 10', "/predict"),
+        "application/json",
+        400,
+        "Amount",
+        "duplicate key 'Amount'",
+    ),
+    "too many arrays": (
+        "/invocations",
+        ('{"inputs": [' + ",".join(["[]"] * 5000) + "]}").encode(),
+        "application/json",
+        413,
+        "body",
+        f"arrays and objects, more than {MAX_ROWS} rows (serve.max_rows={MAX_ROWS})",
+    ),
+    "too many values": (
+        "/invocations",
+        json.dumps({"dataframe_records": [_row()], "params": {"x": [0] * 20000}}).encode(),
+        "application/json",
+        413,
+        "body",
+        f"values, more than {MAX_ROWS} rows of 8 features",
+    ),
+    "CSV too many lines": (
+        "/invocations",
+        (",".join(FEATURES) + "\n" * 5000 + BIG_ROW + "\n").encode(),
+        "text/csv",
+        413,
+        "CSV rows",
+        f"serve.max_rows={MAX_ROWS}",
     ),
     "empty records": (
         "/invocations",
@@ -667,9 +807,22 @@ def test_bad_input_is_a_4xx_naming_the_field(server, case):
     assert r.status_code == status, (case, r.status_code, r.text)
     out = r.json()
     assert words in out["message"], (case, out)
+    assert "np." not in out["message"] and len(out["message"]) < 500, (case, out)
     if field is not None:
         assert out["field"] == field, (case, out)
     assert r.headers["x-model-version"] == "1"
+
+
+@pytest.mark.slow
+def test_colons_inside_strings_are_not_duplicate_keys(server, champion):
+    """The duplicate-key check counts colons; one inside a string must not refuse a good request."""
+    rows = champion["rows"][:3]
+    client = server["client"]
+    doc = {"dataframe_records": _records(rows), "params": {"note": "a: b", "nested": {"at": "12:00"}}}
+    _check_predictions(client.post("/invocations", json=doc), champion["model"], rows)
+    split = _split(rows)
+    split["dataframe_split"]["index"] = ["tx:1", "tx:2", "tx:3"]
+    _check_predictions(client.post("/invocations", json=split), champion["model"], rows)
 
 
 @pytest.mark.slow

@@ -187,6 +187,13 @@ class ServeConfig(Section):
     max_payload_bytes: int = Field(5_000_000, gt=0)
     max_rows: int = Field(10_000, gt=0)
     api_key: SecretStr | None = Field(None, description="require header X-API-Key when set")
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds for a request's headers to arrive (then 408, connection closed)"
+    )
+    read_timeout: float = Field(30.0, gt=0, description="seconds for a request's body to arrive (then 408)")
+    request_timeout: float = Field(
+        60.0, gt=0, description="seconds from a request's headers to its answer (then 504)"
+    )
 
 
 class Settings(BaseSettings):

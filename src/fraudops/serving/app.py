@@ -16,9 +16,17 @@ Endpoints (port 8080 by default, the SageMaker container contract)::
 
 Every response made while a model is loaded carries the header ``X-Model-Version``. Inputs are checked
 strictly: exactly the model's features, finite numbers only (JSON ``true``, strings, null, NaN and ±inf are
-refused), at least one row and at most ``serve.max_rows``, a body of at most ``serve.max_payload_bytes``.
-Client mistakes get a 4xx with ``{"error_code", "message", "field"}``; nothing a client sends causes a 500.
-When ``serve.api_key`` is set, every endpoint but /ping and /health needs the header ``X-API-Key``.
+refused), no key twice in an object, at least one row and at most ``serve.max_rows``, a body of at most
+``serve.max_payload_bytes``. Client mistakes get a 4xx with ``{"error_code", "message", "field"}``;
+nothing a client sends causes a 500. When ``serve.api_key`` is set, every endpoint but /ping and /health
+needs the header ``X-API-Key``. A WebSocket handshake is refused with a 403.
+
+Nothing a client sends stalls the worker: small bodies (the single-row hot path) are parsed and scored on
+the event loop, larger ones in a worker thread, the largest parsed in a child process
+(:mod:`fraudops.serving.parser`), each after a count of its bytes has bounded the work it can cause; a
+body must arrive within ``serve.read_timeout`` seconds (408) and an answer be ready within
+``serve.request_timeout`` seconds (504); a request head must arrive within ``serve.header_timeout``
+seconds (:mod:`fraudops.serving.connection`). So /ping answers at once while hostile bodies are handled.
 
 Hot reload: each worker process polls ``models:/<name>@<alias>`` every ``serve.reload_interval`` seconds
 in a background thread. A new version is downloaded, loaded, checked and made ready completely before
@@ -41,27 +49,25 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fraudops import __version__, process
 from fraudops.config import Settings, format_validation_error
 from fraudops.errors import ConfigError
+from fraudops.serving import connection
 from fraudops.serving.metrics import MULTIPROC_ENV, Metrics
+from fraudops.serving.parser import ParserProcess
 from fraudops.serving.protocol import (
     CSV_TYPE,
     JSON_TYPE,
     PROTOCOL_KEYS,
     ClientError,
-    check_count,
     content_type,
-    csv_matrix,
     error_body,
     invocations_body,
-    json_matrix,
-    may_hold_booleans,
-    parse_json,
-    records_matrix,
-    type_name,
+    invocations_matrix,
+    predict_records,
 )
 from fraudops.serving.reload import ModelHolder
 from fraudops.serving.scorer import Scorer
@@ -73,7 +79,16 @@ log = logging.getLogger("fraudops.serve")
 WORKSPACE_ENV = "_FRAUDOPS_SERVE_WORKSPACE"
 ALIAS_ENV = "_FRAUDOPS_SERVE_ALIAS"
 
-Handler = Callable[[dict[bytes, bytes], bytes, "Scorer | None"], tuple[int, bytes, str]]
+Handler = Callable[..., tuple[int, bytes, str]]  # (headers, body, scorer[, parsed]) -> status, body, type
+
+# Where a request body is parsed and scored, by size. Up to INLINE_BODY_BYTES: on the event loop, well
+# under a millisecond (less than a hop to a thread costs; the single-row hot path). Up to
+# PROCESS_BODY_BYTES: in a thread, where the GIL goes back to the event loop every few milliseconds (no
+# C call of such a parse takes longer). Above: parsed in the parser process (one C call of a 5 MB parse
+# can keep the GIL ~100 ms), then scored in the thread; so /ping is answered at once meanwhile.
+INLINE_BODY_BYTES = 16 * 1024
+PROCESS_BODY_BYTES = 256 * 1024
+WORK_THREADS = 1
 
 
 class ServeApp:
@@ -86,6 +101,13 @@ class ServeApp:
         self.holder = ModelHolder(settings, alias, self.metrics)
         self.watch = watch
         self.started = time.time()
+        self.pool = ThreadPoolExecutor(max_workers=WORK_THREADS, thread_name_prefix="fraudops-work")
+        self.parser = ParserProcess()
+        # request task -> (perf_counter deadline, status to answer then); the watchdog cancels late ones
+        self.deadlines: dict[asyncio.Task, tuple[float, int]] = {}
+        self.expired: dict[asyncio.Task, int] = {}
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.watch_every = max(0.05, min(1.0, self.cfg.read_timeout / 4, self.cfg.request_timeout / 4))
         key = self.cfg.api_key.get_secret_value() if self.cfg.api_key else ""
         self.api_key = key.encode() if key else None
         id_col = settings.data.columns.transaction_id
@@ -110,15 +132,38 @@ class ServeApp:
 
     def shutdown(self) -> None:
         self.holder.stop()
+        self.pool.shutdown(wait=False, cancel_futures=True)
         self.metrics.close()
+
+    def watch_deadlines(self) -> None:
+        """Cancel the requests past their deadline (they answer 408 or 504); again in watch_every."""
+        now = time.perf_counter()
+        for task, (deadline, status) in list(self.deadlines.items()):
+            if now >= deadline:
+                del self.deadlines[task]
+                self.expired[task] = status
+                task.cancel()
+        self.watchdog = asyncio.get_running_loop().call_later(self.watch_every, self.watch_deadlines)
 
     # -- ASGI
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http":
             await self.http(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self.refuse_websocket(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self.lifespan(receive, send)
+
+    async def refuse_websocket(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """This endpoint speaks HTTP only: a WebSocket handshake is closed before it is accepted, which the
+        server answers with a 403 (the ASGI way; uvicorn logs an error after a custom denial response)."""
+        t0 = time.perf_counter()
+        if (await receive())["type"] != "websocket.connect":
+            return
+        with contextlib.suppress(OSError):  # the client may be gone already
+            await send({"type": "websocket.close", "code": 1008})
+        self.metrics.observe("websocket", 403, time.perf_counter() - t0)
 
     async def lifespan(self, receive: Callable, send: Callable) -> None:
         while True:
@@ -126,12 +171,17 @@ class ServeApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await asyncio.to_thread(self.startup)
+                    await self.parser.start()
                 except Exception as e:
                     log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(e)})
                     return
+                self.watchdog = asyncio.get_running_loop().call_later(self.watch_every, self.watch_deadlines)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self.watchdog is not None:
+                    self.watchdog.cancel()
+                await self.parser.stop()
                 await asyncio.to_thread(self.shutdown)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -142,6 +192,7 @@ class ServeApp:
         route = self.routes.get(path)
         endpoint = path if route is not None else "other"
         scorer = None
+        task = None
         extra: list[tuple[bytes, bytes]] = []
         try:
             if route is None:
@@ -168,15 +219,36 @@ class ServeApp:
                     raise ClientError(401, "missing X-API-Key header", "X-API-Key", code="UNAUTHENTICATED")
                 if not hmac.compare_digest(given, self.api_key):
                     raise ClientError(401, "invalid API key", "X-API-Key", code="UNAUTHENTICATED")
-            body = await self.read_body(receive, headers) if has_body else b""
+            body = b""
+            if has_body:
+                task = asyncio.current_task()
+                assert task is not None
+                self.deadlines[task] = (t0 + self.cfg.read_timeout, 408)
+                body = await self.read_body(receive, headers)
             scorer = self.holder.scorer  # one model answers the whole request, and says so
-            status, payload, media = handler(headers, body, scorer)
+            if len(body) <= INLINE_BODY_BYTES:
+                status, payload, media = handler(headers, body, scorer)
+            else:
+                assert task is not None
+                self.deadlines[task] = (t0 + self.cfg.request_timeout, 504)
+                status, payload, media = await self.off_loop(path, handler, headers, body, scorer)
         except ClientError as e:
             status, payload, media = e.status, error_body(e.code, e.message, e.field), JSON_TYPE
             extra = e.headers
+        except asyncio.CancelledError:
+            timed_out = self.expired.pop(task, None) if task is not None else None
+            if task is None or timed_out is None:  # not ours: the server is shutting down
+                if task is not None:
+                    self.deadlines.pop(task, None)
+                raise
+            task.uncancel()
+            status, payload, media = timed_out, self.timeout_body(timed_out), JSON_TYPE
+            extra = [(b"connection", b"close")] if timed_out == 408 else []
         except Exception:  # a bug of ours, never a crashed worker
             log.exception("error handling %s %s", scope.get("method"), path)
             status, payload, media = 500, error_body("INTERNAL_ERROR", "internal error (logged)"), JSON_TYPE
+        if task is not None:  # no deadline past this point: the watchdog only cancels awaits above
+            self.deadlines.pop(task, None)
         answered = scorer if scorer is not None else self.holder.scorer
         headers_out = [
             (b"content-type", media.encode()),
@@ -189,6 +261,34 @@ class ServeApp:
             await send({"type": "http.response.start", "status": status, "headers": headers_out})
             await send({"type": "http.response.body", "body": payload})
         self.metrics.observe(endpoint, status, time.perf_counter() - t0)
+
+    async def off_loop(
+        self, path: str, handler: Handler, headers: dict[bytes, bytes], body: bytes, scorer: Scorer | None
+    ) -> tuple[int, bytes, str]:
+        """A large body: parsed in the thread, or in the parser process when larger than
+        PROCESS_BODY_BYTES; scored and answered in the thread."""
+        parsed = None
+        if len(body) > PROCESS_BODY_BYTES:
+            features = tuple(self._need(scorer).features)
+            if path == "/invocations":
+                mime = self.invocations_type(headers)
+                parsed = await self.parser.run("invocations", features, mime, body, self.cfg.max_rows)
+            else:
+                self.predict_type(headers)
+                parsed = await self.parser.run("predict", features, body, self.cfg.max_rows, self.id_column)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, handler, headers, body, scorer, parsed)
+
+    def timeout_body(self, status: int) -> bytes:
+        if status == 408:
+            return error_body(
+                "REQUEST_TIMEOUT",
+                f"request body not received within serve.read_timeout={self.cfg.read_timeout:g} seconds",
+                "body",
+            )
+        return error_body(
+            "TIMEOUT", f"no answer within serve.request_timeout={self.cfg.request_timeout:g} seconds"
+        )
 
     async def read_body(self, receive: Callable, headers: dict[bytes, bytes]) -> bytes:
         limit = self.cfg.max_payload_bytes
@@ -314,47 +414,45 @@ class ServeApp:
         payload, media = self.metrics.render()
         return 200, payload, media
 
-    def invocations(self, headers: dict, body: bytes, scorer: Scorer | None) -> tuple[int, bytes, str]:
-        scorer = self._need(scorer)
+    def invocations_type(self, headers: dict[bytes, bytes]) -> str:
         raw = headers.get(b"content-type")
         mime = JSON_TYPE if raw == b"application/json" else content_type(headers)
-        if mime == JSON_TYPE:
-            x = json_matrix(body, scorer, self.cfg.max_rows)
-        elif mime == CSV_TYPE:
-            x = csv_matrix(body, scorer, self.cfg.max_rows)
-        else:
+        if mime not in (JSON_TYPE, CSV_TYPE):
             raise ClientError(
                 415,
                 f"unsupported Content-Type {mime!r}: use {JSON_TYPE} or {CSV_TYPE}",
                 "Content-Type",
                 code="UNSUPPORTED_MEDIA_TYPE",
             )
-        p, flags = scorer.predict(x)
-        self.metrics.rows.inc(len(p))
-        return 200, invocations_body(p, flags), JSON_TYPE
+        return mime
 
-    def predict(self, headers: dict, body: bytes, scorer: Scorer | None) -> tuple[int, bytes, str]:
-        scorer = self._need(scorer)
-        raw = headers.get(b"content-type")
-        if raw != b"application/json" and content_type(headers) != JSON_TYPE:
+    def predict_type(self, headers: dict[bytes, bytes]) -> str:
+        if headers.get(b"content-type") != b"application/json" and content_type(headers) != JSON_TYPE:
             raise ClientError(
                 415, f"/predict takes {JSON_TYPE}", "Content-Type", code="UNSUPPORTED_MEDIA_TYPE"
             )
-        doc = parse_json(body)
-        single = isinstance(doc, dict)
-        records = [doc] if single else doc
-        if not isinstance(records, list):
-            raise ClientError(
-                400, f"expected a transaction (object) or a list of them, got {type_name(doc)}", "body"
+        return JSON_TYPE
+
+    def invocations(
+        self, headers: dict, body: bytes, scorer: Scorer | None, parsed: Any = None
+    ) -> tuple[int, bytes, str]:
+        scorer = self._need(scorer)
+        if parsed is None:
+            parsed = invocations_matrix(
+                scorer.schema, self.invocations_type(headers), body, self.cfg.max_rows
             )
-        where = "transaction" if single else "transactions"
-        check_count(len(records), where, self.cfg.max_rows)
-        ids: list[Any] | None = None
-        id_col = self.id_column
-        if id_col is not None and any(type(r) is dict and id_col in r for r in records):
-            ids = [r.get(id_col) if type(r) is dict else None for r in records]
-            records = [{k: v for k, v in r.items() if k != id_col} if type(r) is dict else r for r in records]
-        x = records_matrix(records, where, scorer, self.cfg.max_rows, may_hold_booleans(body))
+        p, flags = scorer.predict(parsed)
+        self.metrics.rows.inc(len(p))
+        return 200, invocations_body(p, flags), JSON_TYPE
+
+    def predict(
+        self, headers: dict, body: bytes, scorer: Scorer | None, parsed: Any = None
+    ) -> tuple[int, bytes, str]:
+        scorer = self._need(scorer)
+        if parsed is None:
+            self.predict_type(headers)
+            parsed = predict_records(scorer.schema, body, self.cfg.max_rows, self.id_column)
+        x, ids, single = parsed
         p, flags = scorer.predict(x)
         self.metrics.rows.inc(len(p))
         out = []
@@ -392,7 +490,9 @@ def create_app() -> ServeApp:
     _configure_logging()
     process.configure()
     workspace = os.environ.get(WORKSPACE_ENV, ".")
-    return ServeApp(load_settings(workspace), os.environ.get(ALIAS_ENV, "champion"))
+    settings = load_settings(workspace)
+    connection.configure(settings.serve.header_timeout)
+    return ServeApp(settings, os.environ.get(ALIAS_ENV, "champion"))
 
 
 def run(
@@ -426,7 +526,8 @@ def run(
             port=cfg.port,
             workers=cfg.workers,
             loop="uvloop",
-            http="httptools",
+            http="fraudops.serving.connection:GuardedHttpToolsProtocol",  # httptools, head deadline
+            ws="websockets-sansio",  # so that a WebSocket handshake reaches the app, which refuses it
             lifespan="on",
             access_log=False,
             log_level="info",

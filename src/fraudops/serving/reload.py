@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -75,6 +76,10 @@ class ModelHolder:
                 self.metrics.reload(False, None)
                 return False
             self.scorer = scorer  # the atomic swap: one reference, to a fully built scorer
+            # Out of the collector's sight, the long-lived heap (mlflow, the model: ~350,000 objects) makes
+            # no full collection, which a large request triggers and which would stall requests ~0.3 s.
+            gc.collect()
+            gc.freeze()
             self.reloads += 1
             self.last_check = time.time()
             self.last_error = None

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import operator
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from fraudops.modeling.model import FraudModel, XGBoostModel
+from fraudops.serving.protocol import Schema, schema_of
 from fraudops.serving.trees import TreeEnsemble, prepare_runtime
 
 
@@ -28,19 +27,14 @@ class Scorer:
     small_batch: int
     runtime: dict[str, Any]
     features: list[str] = dataclasses.field(init=False)
-    index: dict[str, int] = dataclasses.field(init=False)
-    feature_set: frozenset[str] = dataclasses.field(init=False)
-    getter: Callable[[dict], tuple] = dataclasses.field(init=False)
+    schema: Schema = dataclasses.field(init=False)
     version_header: tuple[bytes, bytes] = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         names = list(self.model.feature_names)
         set_ = object.__setattr__
         set_(self, "features", names)
-        set_(self, "index", {n: i for i, n in enumerate(names)})
-        set_(self, "feature_set", frozenset(names))
-        getter = operator.itemgetter(*names)
-        set_(self, "getter", getter if len(names) > 1 else (lambda d: (getter(d),)))
+        set_(self, "schema", schema_of(tuple(names)))
         set_(self, "version_header", (b"x-model-version", self.version.encode()))
 
     @property
