@@ -240,7 +240,13 @@ def _parameters() -> Json:
             "SageMaker processing instance", "ml.m5.xlarge", AllowedPattern=instance
         ),
         "EndpointInstanceType": text("Real-time endpoint instance", "ml.m5.large", AllowedPattern=instance),
-        "VolumeSizeInGB": {"Type": "Number", "Default": 30, "MinValue": 1, "MaxValue": 512},
+        "VolumeSizeInGB": {
+            "Type": "Number",
+            "Description": "Disk of a job's instance",
+            "Default": 30,
+            "MinValue": 1,
+            "MaxValue": 512,
+        },
         "MaxRuntimeInSeconds": {
             "Type": "Number",
             "Description": "A job's time limit",
