@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fraudops.cli import data, demo, models, pipeline, serve, workspace
+from fraudops.cli import aws, data, demo, models, pipeline, serve, workspace
 
 
 def build() -> typer.Typer:
@@ -36,6 +36,8 @@ def build() -> typer.Typer:
     app.add_typer(data.app, name="data")
     app.add_typer(models.champion_app, name="champion")
     app.add_typer(pipeline.executions_app, name="executions")
+    app.add_typer(aws.export_app, name="export")
+    app.add_typer(aws.sagemaker_app, name="sagemaker")
     return app
 
 

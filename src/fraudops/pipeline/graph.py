@@ -3,8 +3,9 @@
 Steps run in order (train → register → select_champion → batch_inference → monitor). An execution's
 input is the seed's ``{"run": X}``: X = ``all`` or a step name chooses where it starts, and it runs to the
 end (``"only": true`` runs that one step). Each step declares what it hands over (its result model), which
-earlier results it consumes, and the retry policy of its I/O calls. :data:`PIPELINE` is what ``fraudops
-run`` executes and what ``fraudops export aws`` turns into a state machine.
+earlier results it consumes, the retry policy of its I/O calls and the workspace folders it reads and
+writes. :data:`PIPELINE` is what ``fraudops run`` executes and what ``fraudops export aws`` turns into a
+state machine.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from fraudops.monitoring.step import MonitorResult, monitor_step
 from fraudops.promotion.champion import ChampionResult, select_champion_step
 from fraudops.promotion.register import RegisterResult, register_step
 from fraudops.retries import RetryPolicy
+from fraudops.workspace.layout import CURRENT, MONITORING, PREDICTIONS, PROD_INPUTS, RAW, REFERENCE_DIR
 
 ALL = "all"
 INPUT_KEYS = ("run", "triggered_by", "reason", "only")
 TRIGGER_INPUT = {"run": ALL, "triggered_by": "monitoring", "reason": "auto_retraining"}
 """What the retraining trigger starts (the seed's second state machine)."""
+SCHEDULE_INPUT = {"run": "batch_inference", "triggered_by": "schedule", "reason": "weekly"}
+"""What the weekly schedule starts (score the week's batch, then monitor) before the trigger runs."""
 
 Job = Literal["training", "processing", "transform"]
 
@@ -46,6 +50,10 @@ class Step:
     """Earlier steps whose results this one reads (from this execution, or the one resumed)."""
     retry: RetryPolicy | None = None
     """Retries of each I/O call of the step; None = ``pipeline.retries`` / ``pipeline.retry_backoff``."""
+    reads: tuple[str, ...] = ()
+    """Workspace folders the step reads (on AWS, the inputs its SageMaker job downloads)."""
+    writes: tuple[str, ...] = ()
+    """Workspace folders the step writes (on AWS, the outputs its SageMaker job uploads)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +95,7 @@ PIPELINE = Pipeline(
             TrainResult,
             "fit the candidates on a time split, pick one on validation, test it, log the run",
             job="training",
+            reads=(RAW, CURRENT),
         ),
         Step(
             "register",
@@ -102,6 +111,8 @@ PIPELINE = Pipeline(
             ChampionResult,
             "score challenger and champion on the latest window, promote by the rule",
             job="processing",
+            reads=(RAW, CURRENT),
+            writes=(REFERENCE_DIR,),
         ),
         Step(
             "batch_inference",
@@ -109,6 +120,8 @@ PIPELINE = Pipeline(
             BatchResult,
             "score every file of prod_inputs/ with the champion",
             job="transform",
+            reads=(PROD_INPUTS, RAW, CURRENT),
+            writes=(PREDICTIONS,),
         ),
         Step(
             "monitor",
@@ -116,6 +129,8 @@ PIPELINE = Pipeline(
             MonitorResult,
             "drift and performance on data the champion never saw, the retraining decision",
             job="processing",
+            reads=(RAW, CURRENT, PROD_INPUTS, REFERENCE_DIR),
+            writes=(MONITORING,),
         ),
     )
 )

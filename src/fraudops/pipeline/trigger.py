@@ -8,13 +8,11 @@ the CSV, checked under the workspace lock, so two triggers at once cannot both r
 from __future__ import annotations
 
 import contextlib
-import csv
-import hashlib
-import io
 from typing import Any
 
 from fraudops.config import Settings
 from fraudops.errors import FraudopsError, StorageError
+from fraudops.monitoring.decision_file import parse_decision
 from fraudops.pipeline.executor import Event, execute
 from fraudops.pipeline.graph import TRIGGER_INPUT
 from fraudops.pipeline.history import RUNNING, new_execution_id, now_iso
@@ -31,35 +29,13 @@ def read_decision(storage: Storage) -> dict[str, Any]:
             f"no retraining decision at {where}: run the monitor step first (`fraudops run --only monitor`)"
         )
     data = storage.read_bytes(DECISION_CSV)
-    try:
-        rows = [r for r in csv.reader(io.StringIO(data.decode("utf-8-sig"))) if any(c.strip() for c in r)]
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise FraudopsError(f"{where} is not a readable CSV: {e}") from e
-    if not rows or not rows[0] or rows[0][0].strip().lower() != "retraining_required":
-        first = rows[0][0] if rows and rows[0] else "nothing"
-        raise FraudopsError(f"{where}: the first column must be retraining_required, found {first!r}")
-    if len(rows) < 2 or not rows[1]:
-        raise FraudopsError(f"{where}: no decision row under the header")
-    value = rows[1][0].strip().upper()
-    if value not in ("YES", "NO"):
-        raise FraudopsError(f"{where}: retraining_required must be YES or NO, found {rows[1][0]!r}")
-    row = dict(zip([h.strip() for h in rows[0]], rows[1], strict=False))
     written = None
     with contextlib.suppress(Exception):
         info = storage.fs.info(storage.path(DECISION_CSV))
         written = (
             info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("created")
         )
-    key = hashlib.sha256(data + f"|{written}".encode()).hexdigest()
-    reasons = [r.strip() for r in (row.get("reasons") or "").split(";") if r.strip()]
-    return {
-        "retraining_required": value,
-        "reasons": reasons,
-        "row": row,
-        "key": key,
-        "written": str(written),
-        "file": where,
-    }
+    return parse_decision(data, where, written)
 
 
 def _trigger_state(storage: Storage) -> dict[str, Any]:

@@ -17,6 +17,8 @@ CURRENT = "monitoring_inputs/current_data"
 PREDICTIONS = "prod_outputs/predictions"
 MLFLOW_ARTIFACTS = "prod_outputs/mlflow"
 MLFLOW_DB = "mlflow.db"
+SAGEMAKER_OUTPUTS = "prod_outputs/sagemaker"
+"""On AWS: each training job's ``<job>/output/model.tar.gz`` (its result; the model is in MLflow)."""
 
 # the champion's monitoring reference, written on promotion
 REFERENCE_DIR = "monitoring_inputs/reference"
