@@ -119,11 +119,13 @@ def test_numpy_trees_are_bit_identical_to_xgboost(seed, trees, depth, base_score
         assert p.dtype == np.float64 and np.array_equal(p, p_ref) and np.array_equal(flags, flags_ref)
 
 
-def test_numpy_trees_stay_off_for_other_objectives():
+def test_numpy_trees_stay_off_for_other_objectives(caplog):
     booster, _ = _booster("reg:squarederror", trees=10)
     model = XGBoostModel([f"f{i}" for i in range(6)], 0.5, booster=booster)
-    trees, small, info = runtime.prepare_runtime(model)
+    with caplog.at_level("WARNING", logger="fraudops.serve"):
+        trees, small, info = runtime.prepare_runtime(model)
     assert trees is None and small == 0 and "objective" in info["numpy_trees"]
+    assert "numpy tree evaluator off (objective reg:squarederror)" in caplog.text
     with pytest.raises(runtime.UnsupportedModel):
         runtime.TreeEnsemble.from_booster(booster, 6)
 
@@ -856,6 +858,7 @@ def test_metrics(server, champion):
     assert value("fraudops_serve_request_duration_seconds_count", endpoint="/invocations")[0] >= 2
     assert value("fraudops_serve_model_reloads_total", result="success") == [2.0]  # one load per worker
     assert value("fraudops_serve_model_version") == [1.0, 1.0]  # one line per worker
+    assert value("fraudops_serve_numpy_trees") == [1.0, 1.0]  # the verified numpy runtime is on
 
 
 class _Load(threading.Thread):

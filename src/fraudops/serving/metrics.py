@@ -40,6 +40,13 @@ class Metrics:
             multiprocess_mode="liveall",
             registry=r,
         )
+        self.numpy_trees = Gauge(
+            "fraudops_serve_numpy_trees",
+            "1 when the served model is scored by the verified numpy trees for small batches, 0 when that "
+            "runtime switched itself off (XGBoost only: an unsupported model or a differing probability)",
+            multiprocess_mode="liveall",
+            registry=r,
+        )
         self.reloads = Counter(
             "fraudops_serve_model_reloads",
             "Champion checks that loaded a new version (success) or failed (failure)",
@@ -65,11 +72,12 @@ class Metrics:
         pair[0].inc()
         pair[1].observe(seconds)
 
-    def reload(self, ok: bool, version: str | None) -> None:
+    def reload(self, ok: bool, version: str | None, numpy_trees: bool = False) -> None:
         result = "success" if ok else "failure"
         self.reloads.labels(result).inc()
         self.last_reload.labels(result).set(time.time())
         if ok and version is not None:
+            self.numpy_trees.set(1.0 if numpy_trees else 0.0)
             with contextlib.suppress(ValueError):
                 self.model_version.set(float(version))
 

@@ -83,7 +83,7 @@ class ModelHolder:
             self.reloads += 1
             self.last_check = time.time()
             self.last_error = None
-            self.metrics.reload(True, target)
+            self.metrics.reload(True, target, numpy_trees=scorer.trees is not None)
             log.info(
                 "serving %s version %s (%s)%s",
                 scorer.name,

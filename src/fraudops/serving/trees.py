@@ -210,6 +210,7 @@ def prepare_runtime(model: FraudModel) -> tuple[TreeEnsemble | None, int, dict[s
         ens = TreeEnsemble.from_booster(model.booster, len(model.feature_names))
     except (UnsupportedModel, KeyError, ValueError) as e:
         info["numpy_trees"] = f"off: {e}"
+        log.warning("numpy tree evaluator off (%s); serving with XGBoost only", e)
         return None, 0, info
     rows = verification_rows(ens, 2000)
     expected = model.booster.inplace_predict(rows, validate_features=False)
