@@ -24,3 +24,10 @@ def configure() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     logging.getLogger("mlflow").setLevel(logging.ERROR)
+
+
+def use_s3_endpoint(endpoint_url: str | None) -> None:
+    """Point MLflow's S3 artifact client at the workspace's ``storage.endpoint_url`` (MLflow reads only
+    ``MLFLOW_S3_ENDPOINT_URL`` or the AWS configuration); a value already in the environment wins."""
+    if endpoint_url:
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint_url)

@@ -42,7 +42,7 @@ def init(
 ) -> None:
     """Create a workspace: a documented fraudops.yaml and the seed bucket's folder layout."""
     settings, created = init_workspace(path, kind.value if kind else None)
-    storage = Storage(settings.workspace)
+    storage = Storage.of(settings)
     verb = "created" if created else "kept existing"
     console.print(f"workspace [bold]{storage.uri()}[/]: {verb} fraudops.yaml, folders ready")
     if settings.data.kind == "features":

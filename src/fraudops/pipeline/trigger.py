@@ -46,7 +46,7 @@ def read_decision(storage: Storage) -> dict[str, Any]:
     row = dict(zip([h.strip() for h in rows[0]], rows[1], strict=False))
     written = None
     with contextlib.suppress(Exception):
-        info = storage.fs.info(storage.path(DECISION_CSV))
+        info = storage.info(DECISION_CSV)
         written = (
             info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("created")
         )

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fraudops import __version__, retries
+from fraudops import __version__, process, retries
 from fraudops.config import Settings
 from fraudops.errors import FraudopsError
 from fraudops.workspace.layout import MLFLOW_ARTIFACTS, MLFLOW_DB
@@ -30,7 +30,7 @@ def tracking_uri(settings: Settings) -> str:
     """The configured URI, or a SQLite file in a local workspace (the seed's choice)."""
     if settings.registry.tracking_uri:
         return settings.registry.tracking_uri
-    storage = Storage(settings.workspace)
+    storage = Storage.of(settings)
     if not storage.is_local:
         raise FraudopsError(
             f"workspace {storage.uri()} is remote: set registry.tracking_uri (e.g. http://mlflow:5000 or "
@@ -85,7 +85,7 @@ def _relocate(db: str, root: str, experiment: str) -> None:
 
 
 def artifact_root(settings: Settings) -> str:
-    storage = Storage(settings.workspace)
+    storage = Storage.of(settings)
     return (
         storage.uri(MLFLOW_ARTIFACTS)
         if not storage.is_local
@@ -114,6 +114,7 @@ def client(settings: Settings) -> Any:
 
     uri = tracking_uri(settings)
     _check_reachable(uri)
+    process.use_s3_endpoint(Storage.of(settings).endpoint_url)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(uri, uri)
