@@ -67,6 +67,10 @@ def mlflow_server(
 
 @pytest.fixture
 def stack_env(s3_env: S3Server, mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    """This process pointed at the whole stack; returns a new workspace URL in the stack's bucket."""
+    """This process (and those it starts) pointed at the whole stack, with an experiment and a registered
+    model of its own on the shared MLflow server; returns a new workspace URL in the stack's bucket."""
+    name = uuid.uuid4().hex[:12]
     monkeypatch.setenv("FRAUDOPS_REGISTRY__TRACKING_URI", mlflow_server.uri)
-    return f"s3://{BUCKET}/ws-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("FRAUDOPS_REGISTRY__EXPERIMENT", f"exp-{name}")
+    monkeypatch.setenv("FRAUDOPS_REGISTRY__MODEL_NAME", f"model-{name}")
+    return f"s3://{BUCKET}/ws-{name}"

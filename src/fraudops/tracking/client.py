@@ -122,10 +122,17 @@ def client(settings: Settings) -> Any:
 
 def experiment_id(settings: Settings) -> str:
     c = client(settings)
-    exp = c.get_experiment_by_name(settings.registry.experiment)
+    name = settings.registry.experiment
+    exp = call(settings, "experiment", lambda: c.get_experiment_by_name(name))
     if exp is not None:
         return str(exp.experiment_id)
-    return str(c.create_experiment(settings.registry.experiment, artifact_location=artifact_root(settings)))
+    try:
+        return str(c.create_experiment(name, artifact_location=artifact_root(settings)))
+    except Exception:  # created meanwhile (another process, or an attempt whose answer was lost)
+        exp = call(settings, "experiment", lambda: c.get_experiment_by_name(name))
+        if exp is None:
+            raise
+        return str(exp.experiment_id)
 
 
 @functools.cache
