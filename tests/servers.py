@@ -378,22 +378,37 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+def _announce(st: Stack, folder: Path) -> Path:
+    env = folder / "env"
+    env.write_text("".join(f"export {k}={v}\n" for k, v in st.env().items()))
+    print(f"# up: S3 API {st.s3.endpoint}, PostgreSQL port {st.pg.port}, MLflow {st.mlflow.uri}")
+    print(f"# point a workspace s3://{BUCKET}/<prefix> at it (these lines are also in {env}):")
+    print(env.read_text(), end="", flush=True)
+    return env
+
+
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["s3"]:
+    """``s3 PORT``: the S3 API server process; ``up [FOLDER]``: the stack until Ctrl-C; ``demo [FOLDER]``:
+    the stack, ``fraudops demo s3://fraudops/demo`` on it, then down."""
+    if argv[:1] == ["s3"] and len(argv) == 2:
         _serve_s3(int(argv[1]))
         return 0
-    if argv[:1] == ["up"]:
-        folder = Path(tempfile.mkdtemp(prefix="fraudops-stack-"))
+    if argv[:1] in (["up"], ["demo"]) and len(argv) <= 2:
+        folder = Path(argv[1] if len(argv) == 2 else tempfile.mkdtemp(prefix="fraudops-stack-")).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
         signal.signal(signal.SIGTERM, _interrupt)
         with contextlib.suppress(KeyboardInterrupt), stack(folder) as st:
-            (folder / "env").write_text("".join(f"export {k}={v}\n" for k, v in st.env().items()))
-            print("# the stack is up (Ctrl-C stops it); point a workspace at it with:", flush=True)
-            print((folder / "env").read_text(), end="", flush=True)
-            print(f"# workspaces: s3://{BUCKET}/<prefix>   logs and env file: {folder}", flush=True)
+            _announce(st, folder)
+            if argv[0] == "demo":
+                fraudops = str(Path(sys.executable).with_name("fraudops"))
+                cmd = [fraudops, "demo", f"s3://{BUCKET}/demo", "--force"]
+                print(f"# {' '.join(cmd[1:])}", flush=True)
+                return subprocess.run(cmd, env={**os.environ, **st.env()}, check=False).returncode
+            print("# Ctrl-C stops it", flush=True)
             while True:
                 time.sleep(3600)
         return 0
-    print("usage: servers.py up | s3 PORT", file=sys.stderr)
+    print("usage: servers.py up [FOLDER] | demo [FOLDER] | s3 PORT", file=sys.stderr)
     return 2
 
 
