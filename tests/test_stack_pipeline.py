@@ -151,3 +151,31 @@ def test_pipeline_survives_postgres_restarts(stack_env: str, postgres: Postgres,
     c = client(settings)
     versions = c.search_model_versions(f"name = '{settings.registry.model_name}'")
     assert len({v.run_id for v in versions}) == len(versions) == 1
+
+
+def test_init_simulate_import_and_config_on_s3(s3_bucket: str, tmp_path: Any) -> None:
+    """The data commands on a workspace in a bucket, through the CLI as a user runs it."""
+    from typer.testing import CliRunner
+
+    from fraudops import cli as cli_module
+
+    ws = f"{s3_bucket}/ws"
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Any:
+        return runner.invoke(cli_module.build(), list(args), catch_exceptions=False)
+
+    assert invoke("init", ws).exit_code == 0
+    sim = invoke("data", "simulate", "-w", ws, "--customers", "50", "--terminals", "100", "--days", "5")
+    assert sim.exit_code == 0, sim.output
+    storage = Storage(ws)
+    days = storage.ls("data/raw", (".parquet",))
+    assert len(days) == 5 and days[0] == "data/raw/2018-04-01.parquet"
+    first = storage.read_frame(days[0])
+    extra = tmp_path / "extra.csv"
+    first.with_columns(first["TX_DATETIME"].dt.offset_by("10d")).write_csv(extra)
+    imported = invoke("data", "import", str(extra), "-w", ws)
+    assert imported.exit_code == 0, imported.output
+    assert storage.read_frame("data/raw/extra.csv").height == first.height
+    config = invoke("config", "-w", ws)
+    assert config.exit_code == 0 and "endpoint_url" in config.output

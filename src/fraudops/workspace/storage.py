@@ -19,13 +19,16 @@ import os
 import posixpath
 import uuid
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import fsspec
 import polars as pl
 
 from fraudops.errors import StorageError
 from fraudops.workspace.layout import FOLDERS
+
+if TYPE_CHECKING:
+    from fraudops.config import Settings
 
 log = logging.getLogger("fraudops.storage")
 
@@ -63,7 +66,7 @@ class Storage:
             self.url = self.root
 
     @classmethod
-    def of(cls, settings: Any) -> Storage:
+    def of(cls, settings: Settings) -> Storage:
         """The storage of a workspace's settings (its ``storage.endpoint_url``)."""
         return cls(settings.workspace, settings.storage.endpoint_url)
 
