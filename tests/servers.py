@@ -358,7 +358,8 @@ class Stack:
 
 @contextlib.contextmanager
 def stack(folder: Path) -> Iterator[Stack]:
-    """S3, PostgreSQL and MLflow over them, stopped (by pid) on the way out."""
+    """S3, PostgreSQL and MLflow over them, stopped (by pid) on the way out; logs in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
     s3 = start_s3(folder)
     try:
         pg = start_postgres()
