@@ -30,7 +30,7 @@ RUN pip install --no-cache-dir uv==0.13.9
 WORKDIR /opt/fraudops
 COPY pyproject.toml uv.lock README.md ./
 COPY src ./src
-RUN uv sync --frozen --no-dev --no-editable --extra s3
+RUN uv sync --frozen --no-dev --no-editable
 
 ENV PATH="/opt/fraudops/.venv/bin:${PATH}" \
     PYTHONUNBUFFERED=1 \

@@ -4,8 +4,9 @@ PYTHON ?= python3
 UV := .tools/bin/uv
 RUN := $(UV) run --frozen
 WORKSPACE ?= demo-workspace
+STACK_DIR ?= .stack
 
-.PHONY: setup test test-fast lint typecheck format demo bench clean
+.PHONY: setup test test-fast lint typecheck format demo bench clean stack stack-demo
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -39,8 +40,17 @@ format: setup
 demo: setup
 	$(RUN) fraudops demo $(WORKSPACE)
 
+# A production-like stack on this machine: PostgreSQL, an S3 API server (moto) and an MLflow server over
+# them, on 127.0.0.1; prints the environment lines (also in $(STACK_DIR)/env) that point a workspace at it.
+stack: setup
+	$(RUN) python tests/servers.py up $(STACK_DIR)
+
+# The demo on s3://fraudops/demo with MLflow on PostgreSQL, on a stack started for it and stopped after.
+stack-demo: setup
+	$(RUN) python tests/servers.py demo $(STACK_DIR)
+
 bench: setup
 	for b in benchmarks/bench_*.py; do $(RUN) python $$b || exit 1; done
 
 clean:
-	rm -rf .tools .venv $(WORKSPACE)
+	rm -rf .tools .venv $(WORKSPACE) $(STACK_DIR)

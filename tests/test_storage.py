@@ -1,7 +1,7 @@
 """fraudops.storage: one code path for a local folder and any fsspec URL, with atomic writes.
 
-Every behaviour test runs twice: on a local folder and on fsspec's in-memory filesystem (``memory://``),
-which stands in for remote stores such as S3 (verified against S3 itself in a later issue).
+Every behaviour test runs three times: on a local folder, on fsspec's in-memory filesystem (``memory://``)
+and on S3 (a real S3 API server, moto's, on loopback, through s3fs).
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ from fraudops.workspace.layout import FOLDERS, TABLE_SUFFIXES
 from fraudops.workspace.storage import Storage
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
     if request.param == "local":
         yield Storage(str(tmp_path / "ws"))
+        return
+    if request.param == "s3":
+        yield Storage(request.getfixturevalue("s3_bucket") + "/ws")
         return
     url = f"memory://fraudops-test-{uuid.uuid4().hex}/ws"
     s = Storage(url)
@@ -206,12 +209,13 @@ def test_failed_overwrite_keeps_the_old_file(storage: Storage) -> None:
 def test_write_is_invisible_until_complete(storage: Storage) -> None:
     with storage.open_write("data/raw/day.csv") as f:
         f.write(b"a,b\n")
-        # under its final name nothing exists yet, and listings skip the temporary file
+        # under its final name nothing exists yet, and listings skip the temporary file (S3: none, the
+        # object is uploaded whole when the block ends)
         assert not storage.exists("data/raw/day.csv")
         assert storage.ls("data/raw") == []
         hidden = all_names(storage, "data/raw")
-        assert len(hidden) == 1
-        assert hidden[0].startswith(".day.csv.tmp-")
+        assert len(hidden) == (0 if storage.is_s3 else 1)
+        assert all(h.startswith(".day.csv.tmp-") for h in hidden)
         f.write(b"1,2\n")
     assert storage.read_bytes("data/raw/day.csv") == b"a,b\n1,2\n"
     assert all_names(storage, "data/raw") == ["day.csv"]
@@ -257,8 +261,9 @@ def test_layout_is_the_seed_bucket() -> None:
 
 def test_init_layout(storage: Storage) -> None:
     storage.init_layout()
-    for rel in FOLDERS:
-        assert storage.fs.isdir(storage.path(rel)), rel
+    for rel in FOLDERS:  # S3 has no folders: a prefix exists once an object is under it
+        assert storage.is_s3 or storage.fs.isdir(storage.path(rel)), rel
+        assert storage.ls(rel) == []
     storage.write_text("data/raw/keep.txt", "x")
     storage.init_layout()  # idempotent, keeps content
     assert storage.read_text("data/raw/keep.txt") == "x"
@@ -279,3 +284,67 @@ def test_memory_url_is_the_same_code_path() -> None:
         root = Storage(url).root
         if fs.exists(root):
             fs.rm(root, recursive=True)
+
+
+# ---------------------------------------------------------------- S3 for real (moto's S3 API server)
+
+
+def test_s3_listings_see_other_writers_and_our_deletes(s3_bucket: str) -> None:
+    """s3fs caches listings: a listing after another process's write or our delete is never stale."""
+    import boto3
+
+    storage = Storage(s3_bucket + "/ws")
+    storage.write_text("prod_inputs/a.csv", "x\n1\n")
+    assert storage.ls("prod_inputs") == ["prod_inputs/a.csv"]  # listing cached by s3fs now
+    bucket = s3_bucket.removeprefix("s3://")
+    boto3.client("s3").put_object(Bucket=bucket, Key="ws/prod_inputs/b.csv", Body=b"x\n2\n")
+    assert storage.ls("prod_inputs") == ["prod_inputs/a.csv", "prod_inputs/b.csv"]
+    assert storage.exists("prod_inputs/b.csv")
+    assert storage.read_text("prod_inputs/b.csv") == "x\n2\n"
+    boto3.client("s3").put_object(Bucket=bucket, Key="ws/prod_inputs/b.csv", Body=b"x\n22\n")
+    assert storage.size("prod_inputs/b.csv") == 5
+    assert storage.read_text("prod_inputs/b.csv") == "x\n22\n"
+    storage.delete("prod_inputs/a.csv")
+    assert storage.ls("prod_inputs") == ["prod_inputs/b.csv"]
+    assert not storage.exists("prod_inputs/a.csv")
+
+
+def test_s3_write_is_one_put_without_temporary_objects(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On S3 a write is one PUT of the whole object under its final key: no temporary copy, no rename."""
+    storage = Storage(s3_bucket + "/ws")
+    calls: list[tuple[str, object]] = []
+    real = storage.fs.call_s3
+
+    def counting(method: str, *args: object, **kwargs: object) -> object:
+        calls.append((method, kwargs.get("Key")))
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(storage.fs, "call_s3", counting)
+    storage.write_frame("data/raw/t.parquet", FRAME)
+    assert calls == [("put_object", "ws/data/raw/t.parquet")]
+    assert_frame_equal(storage.read_frame("data/raw/t.parquet"), FRAME)
+
+
+def test_s3_endpoint_from_the_setting(s3_env: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """storage.endpoint_url (FRAUDOPS_STORAGE__ENDPOINT_URL) points s3fs and boto3 at an S3-compatible
+    server when the AWS variables do not."""
+    import boto3
+    import s3fs
+
+    endpoint = str(s3_env.endpoint)
+    bucket = f"t-{uuid.uuid4().hex[:20]}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    s3fs.S3FileSystem.clear_instance_cache()
+    monkeypatch.setenv("FRAUDOPS_STORAGE__ENDPOINT_URL", endpoint)
+    storage = Storage(f"s3://{bucket}/ws")
+    assert storage.endpoint_url == endpoint
+    storage.write_text("a.txt", "hello")
+    assert storage.put_if_absent("lock.json", b"{}") is not None
+    assert Storage(f"s3://{bucket}/ws").read_text("a.txt") == "hello"
+    monkeypatch.delenv("FRAUDOPS_STORAGE__ENDPOINT_URL")
+    explicit = Storage(f"s3://{bucket}/ws", endpoint_url=endpoint)
+    assert explicit.read_text("a.txt") == "hello"

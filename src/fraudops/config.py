@@ -139,6 +139,15 @@ class TrainConfig(Section):
     seed: int = Field(42, ge=0)
 
 
+class StorageConfig(Section):
+    endpoint_url: str | None = Field(
+        None,
+        description="S3-compatible server for s3:// workspaces (MinIO, a local stack); null = the AWS "
+        "configuration (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or AWS itself). A workspace on S3 reads this "
+        "file through it: set it as FRAUDOPS_STORAGE__ENDPOINT_URL",
+    )
+
+
 class RegistryConfig(Section):
     tracking_uri: str | None = Field(None, description="null = sqlite file mlflow.db in a local workspace")
     experiment: str = "creditcard-fraud-experiment"
@@ -204,6 +213,7 @@ class Settings(BaseSettings):
     )
 
     workspace: str = Field(".", description="local folder or fsspec URL (s3://bucket/prefix)")
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)

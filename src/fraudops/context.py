@@ -50,4 +50,4 @@ class StepContext:
     @classmethod
     def of(cls, settings: Settings, **kw: Any) -> StepContext:
         """A context on the settings' own workspace (for steps run outside an execution)."""
-        return cls(settings, Storage(settings.workspace), **kw)
+        return cls(settings, Storage.of(settings), **kw)

@@ -32,7 +32,7 @@ from fraudops.config import Settings, SimulateConfig, TrainConfig
 from fraudops.data import simulate as sim
 from fraudops.data.schema import LABEL, SCENARIO, TX_TIME, to_file_columns
 from fraudops.errors import FraudopsError
-from fraudops.pipeline.reset import reset
+from fraudops.pipeline.reset import remote_targets, reset
 from fraudops.workspace import init_workspace, load_settings
 from fraudops.workspace.layout import CONFIG_FILE, CURRENT, PROD_INPUTS, RAW
 from fraudops.workspace.storage import Storage
@@ -118,7 +118,8 @@ def create(workspace: str, *, customers: int, trees: int, force: bool) -> tuple[
                 f"`fraudops demo {workspace} --force` (resets it first) or `fraudops reset -w {workspace}`"
             )
         if storage.exists(CONFIG_FILE):
-            reset(load_settings(workspace), storage)
+            settings = load_settings(workspace)
+            reset(settings, storage, remote_targets(settings))
             storage.delete(CONFIG_FILE)
         else:
             raise FraudopsError(

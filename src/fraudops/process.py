@@ -18,9 +18,18 @@ def configure() -> None:
       window took 112 s instead of 23 s (benchmarks/bench_train.py). OpenMP reads it when it loads.
     - MLflow's HTTP client retries a failing server 7 times with a growing backoff (minutes); fraudops
       retries each call itself (:mod:`fraudops.retries`), so MLflow's own retries are kept short.
-    - MLflow's INFO logging is silenced (fraudops prints its own).
+    - MLflow's INFO logging and the run links it prints for a tracking server are silenced (fraudops
+      prints its own).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.getLogger("mlflow").setLevel(logging.ERROR)
+
+
+def use_s3_endpoint(endpoint_url: str | None) -> None:
+    """Point MLflow's S3 artifact client at the workspace's ``storage.endpoint_url`` (MLflow reads only
+    ``MLFLOW_S3_ENDPOINT_URL`` or the AWS configuration); a value already in the environment wins."""
+    if endpoint_url:
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint_url)

@@ -42,7 +42,7 @@ def init(
 ) -> None:
     """Create a workspace: a documented fraudops.yaml and the seed bucket's folder layout."""
     settings, created = init_workspace(path, kind.value if kind else None)
-    storage = Storage(settings.workspace)
+    storage = Storage.of(settings)
     verb = "created" if created else "kept existing"
     console.print(f"workspace [bold]{storage.uri()}[/]: {verb} fraudops.yaml, folders ready")
     if settings.data.kind == "features":
@@ -67,24 +67,24 @@ def reset(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Empty a workspace: data, outputs, MLflow runs, models and artifacts (fraudops.yaml is kept)."""
+    from fraudops.pipeline.reset import remote_targets, reset_targets
     from fraudops.pipeline.reset import reset as reset_workspace
-    from fraudops.pipeline.reset import reset_targets
 
     settings, storage = open_workspace(workspace)
     targets = reset_targets(storage)
-    if settings.registry.tracking_uri:
-        err_console.print(
-            f"note: the tracking store {settings.registry.tracking_uri} is outside the workspace and is not "
-            "cleared",
-            highlight=False,
-        )
-    if not targets:
+    remote = remote_targets(settings)
+    if remote is not None and remote.refused:
+        err_console.print(f"note: {remote.describe()}", highlight=False)
+    if not targets and (remote is None or remote.empty):
         console.print(f"{storage.uri()} holds nothing to delete")
         return
-    console.print(f"in {storage.uri()} this deletes: {', '.join(targets)}", highlight=False)
+    if targets:
+        console.print(f"in {storage.uri()} this deletes: {', '.join(targets)}", highlight=False)
+    if remote is not None and not remote.refused and not remote.empty:
+        console.print(f"and {remote.describe()}", highlight=False)
     if not yes:
         typer.confirm("Delete them?", abort=True)
-    deleted = reset_workspace(settings, storage)
+    deleted = reset_workspace(settings, storage, remote)
     console.print(f"deleted {', '.join(deleted)}; fraudops.yaml kept, empty folders ready", highlight=False)
 
 

@@ -31,7 +31,7 @@ def read_decision(storage: Storage) -> dict[str, Any]:
     data = storage.read_bytes(DECISION_CSV)
     written = None
     with contextlib.suppress(Exception):
-        info = storage.fs.info(storage.path(DECISION_CSV))
+        info = storage.info(DECISION_CSV)
         written = (
             info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("created")
         )

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fraudops import __version__, retries
+from fraudops import __version__, process, retries
 from fraudops.config import Settings
 from fraudops.errors import FraudopsError
 from fraudops.workspace.layout import MLFLOW_ARTIFACTS, MLFLOW_DB
@@ -30,7 +30,7 @@ def tracking_uri(settings: Settings) -> str:
     """The configured URI, or a SQLite file in a local workspace (the seed's choice)."""
     if settings.registry.tracking_uri:
         return settings.registry.tracking_uri
-    storage = Storage(settings.workspace)
+    storage = Storage.of(settings)
     if not storage.is_local:
         raise FraudopsError(
             f"workspace {storage.uri()} is remote: set registry.tracking_uri (e.g. http://mlflow:5000 or "
@@ -85,7 +85,7 @@ def _relocate(db: str, root: str, experiment: str) -> None:
 
 
 def artifact_root(settings: Settings) -> str:
-    storage = Storage(settings.workspace)
+    storage = Storage.of(settings)
     return (
         storage.uri(MLFLOW_ARTIFACTS)
         if not storage.is_local
@@ -114,6 +114,7 @@ def client(settings: Settings) -> Any:
 
     uri = tracking_uri(settings)
     _check_reachable(uri)
+    process.use_s3_endpoint(Storage.of(settings).endpoint_url)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(uri, uri)
@@ -121,10 +122,17 @@ def client(settings: Settings) -> Any:
 
 def experiment_id(settings: Settings) -> str:
     c = client(settings)
-    exp = c.get_experiment_by_name(settings.registry.experiment)
+    name = settings.registry.experiment
+    exp = call(settings, "experiment", lambda: c.get_experiment_by_name(name))
     if exp is not None:
         return str(exp.experiment_id)
-    return str(c.create_experiment(settings.registry.experiment, artifact_location=artifact_root(settings)))
+    try:
+        return str(c.create_experiment(name, artifact_location=artifact_root(settings)))
+    except Exception:  # created meanwhile (another process, or an attempt whose answer was lost)
+        exp = call(settings, "experiment", lambda: c.get_experiment_by_name(name))
+        if exp is None:
+            raise
+        return str(exp.experiment_id)
 
 
 @functools.cache

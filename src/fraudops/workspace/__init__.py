@@ -34,7 +34,7 @@ def load_settings(workspace: str) -> Settings:
 def open_workspace(workspace: str) -> tuple[Settings, Storage]:
     """Settings and storage of an existing workspace."""
     settings = load_settings(workspace)
-    return settings, Storage(settings.workspace)
+    return settings, Storage.of(settings)
 
 
 Kind = Literal["transactions", "features"]

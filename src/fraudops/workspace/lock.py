@@ -1,6 +1,9 @@
 """One execution at a time per workspace: a lock file holding pid, host, execution id and a heartbeat.
 
-A holder is stale when, on this host, its process is gone, or when its heartbeat is older than
+Locally the file is created with ``link(2)``; on S3 every change is a conditional write that S3 applies
+atomically: create with ``If-None-Match: *``, heartbeat, stale takeover and release with ``If-Match`` on the
+ETag last seen, so of N contenders exactly one holds the workspace. A holder is stale when, on this host,
+its process is gone, or when its heartbeat is older than
 ``stale_after`` seconds (any host); a stale lock is taken over and the caller learns whose it was.
 """
 
@@ -64,8 +67,9 @@ class WorkspaceLock:
     """One execution at a time per workspace: a lock file holding pid, host, execution id and a heartbeat.
 
     Locally the file is created with ``link(2)`` from a complete temporary file, so exactly one contender
-    wins and nobody reads a half-written lock; on an object store it is best effort (write, then re-read to
-    check we won). A holder is stale when, on this host, its process is gone, or when its heartbeat is older
+    wins and nobody reads a half-written lock; on S3 by conditional writes (exactly one wins); on other
+    object stores it is best effort (write, then re-read to check we won). A holder is stale when, on this
+    host, its process is gone, or when its heartbeat is older
     than ``stale_after`` seconds (any host); a stale lock is taken over (``taken_over`` = its content).
     """
 
@@ -87,6 +91,8 @@ class WorkspaceLock:
         self.taken_over: dict[str, Any] | None = None
         self.held = False
         self.lost = False
+        self._etag: str | None = None
+        """S3: the ETag of our lock object (heartbeat and release are conditional on it)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -106,13 +112,25 @@ class WorkspaceLock:
 
     def read(self) -> dict[str, Any] | None:
         """The current holder, or None (an unreadable file counts as a holder of unknown age)."""
+        return self._read_tagged()[0]
+
+    def _read_tagged(self) -> tuple[dict[str, Any] | None, str | None]:
+        """The current holder and, on S3, the ETag of the version read (for a conditional takeover)."""
+        etag = None
         try:
-            data = self.storage.read_json(LOCK_FILE)
+            if self.storage.is_s3:
+                got = self.storage.read_tagged(LOCK_FILE)
+                if got is None:
+                    return None, None
+                raw, etag = got
+                data = json.loads(raw)
+            else:
+                data = self.storage.read_json(LOCK_FILE)
         except (StorageError, FileNotFoundError):
-            return None
+            return None, None
         except (ValueError, OSError):
-            return {"unreadable": True}
-        return data if isinstance(data, dict) else {"unreadable": True}
+            return {"unreadable": True}, etag
+        return (data if isinstance(data, dict) else {"unreadable": True}), etag
 
     def stale_reason(self, holder: dict[str, Any]) -> str | None:
         """Why a holder is stale, or None when it must be respected."""
@@ -126,15 +144,23 @@ class WorkspaceLock:
             return f"process {pid} on this host is gone"
         if holder.get("unreadable"):
             with contextlib.suppress(Exception):
-                age = time.time() - self.storage.fs.info(self.storage.path(LOCK_FILE)).get("mtime", 0)
+                info = self.storage.info(LOCK_FILE)
+                written = info.get("mtime") or info.get("LastModified") or 0
+                age = time.time() - (written.timestamp() if isinstance(written, dt.datetime) else written)
         if age > self.stale_after:
             return f"no heartbeat for {age:.0f} s (stale after {self.stale_after:.0f} s)"
         return None
 
     # -- create / remove
+    def _data(self) -> bytes:
+        return (json.dumps(self._content(), indent=2) + "\n").encode()
+
     def _try_create(self) -> bool:
         self._acquired_at = _iso()
-        data = (json.dumps(self._content(), indent=2) + "\n").encode()
+        data = self._data()
+        if self.storage.is_s3:
+            self._etag = self.storage.put_if_absent(LOCK_FILE, data)
+            return self._etag is not None
         if self.storage.is_local:
             path = Path(self.storage.path(LOCK_FILE))
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +212,7 @@ class WorkspaceLock:
                 self.held = True
                 self._start_heartbeat()
                 return self
-            holder = self.read()
+            holder, etag = self._read_tagged()
             if holder is None:
                 continue
             reason = self.stale_reason(holder)
@@ -196,6 +222,15 @@ class WorkspaceLock:
                     holder.get("execution_id"),
                     reason,
                 )
+                if self.storage.is_s3 and etag is not None:
+                    # replace exactly the version judged stale: a fresh lock in between makes this fail
+                    self._etag = self.storage.put_if_match(LOCK_FILE, self._data(), etag)
+                    if self._etag is None:
+                        continue
+                    self.taken_over = {**holder, "stale_reason": reason}
+                    self.held = True
+                    self._start_heartbeat()
+                    return self
                 self._remove_stale(holder)
                 self.taken_over = {**holder, "stale_reason": reason}
                 continue
@@ -221,6 +256,15 @@ class WorkspaceLock:
 
     def refresh(self) -> bool:
         """Rewrite the heartbeat if we still hold the lock; False when it was taken from us."""
+        if self.storage.is_s3 and self._etag is not None:
+            etag = self.storage.put_if_match(LOCK_FILE, self._data(), self._etag)
+            if etag is None:
+                if not self.lost:
+                    log.error("the workspace lock was taken over by another process (%s)", self.read())
+                self.lost = True
+                return False
+            self._etag = etag
+            return True
         holder = self.read()
         if not holder or holder.get("token") != self.token:
             if not self.lost:
@@ -254,6 +298,9 @@ class WorkspaceLock:
         if not self.held:
             return
         self.held = False
+        if self.storage.is_s3 and self._etag is not None:
+            self.storage.delete_if_match(LOCK_FILE, self._etag)
+            return
         holder = self.read()
         if holder and holder.get("token") == self.token:
             self.storage.delete(LOCK_FILE)
