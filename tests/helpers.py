@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,18 @@ def features_workspace(ws: Path) -> Path:
     storage.write_frame(f"{RAW}/creditcard.csv", kaggle_like(4000, 0))
     train_register_promote(settings, storage)
     return ws
+
+
+def race(locks: list[Any]) -> list[bool]:
+    """Every lock tries to acquire at once (one thread each); which of them won."""
+    from fraudops.errors import LockHeldError
+
+    def take(lock: Any) -> bool:
+        try:
+            lock.acquire()
+            return True
+        except LockHeldError:
+            return False
+
+    with ThreadPoolExecutor(len(locks)) as pool:
+        return list(pool.map(take, locks))

@@ -35,6 +35,7 @@ from fraudops.workspace import init_workspace, load_settings
 from fraudops.workspace.layout import DECISION_CSV, LOCK_FILE, TRIGGER_STATE
 from fraudops.workspace.lock import WorkspaceLock
 from fraudops.workspace.storage import Storage
+from helpers import race
 
 NAMES = ["train", "register", "select_champion", "batch_inference", "monitor"]
 WS_YAML = "pipeline:\n  retries: 2\n  retry_backoff: 0\n"
@@ -453,20 +454,10 @@ def test_stale_lock_by_heartbeat_age(ws: str) -> None:
 
 
 def test_only_one_of_many_contenders_wins(ws: str) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     storage = Storage(ws)
     locks = [WorkspaceLock(storage, f"{i:032x}", heartbeat=0) for i in range(8)]
 
-    def take(lock: WorkspaceLock) -> bool:
-        try:
-            lock.acquire()
-            return True
-        except LockHeldError:
-            return False
-
-    with ThreadPoolExecutor(8) as pool:
-        won = list(pool.map(take, locks))
+    won = race(locks)
     assert sum(won) == 1
     for lock in locks:
         lock.release()

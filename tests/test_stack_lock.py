@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from fraudops.errors import LockHeldError
 from fraudops.workspace.layout import LOCK_FILE
 from fraudops.workspace.lock import WorkspaceLock
 from fraudops.workspace.storage import Storage
+from helpers import race
 
 PROCESSES, ROUNDS = 20, 20
 
@@ -72,15 +72,7 @@ def test_stale_lock_is_taken_over_by_exactly_one(storage: Storage) -> None:
     storage.write_json(LOCK_FILE, stale)
     locks = [WorkspaceLock(storage, f"{i:032x}", heartbeat=0) for i in range(8)]
 
-    def take(lock: WorkspaceLock) -> bool:
-        try:
-            lock.acquire()
-            return True
-        except LockHeldError:
-            return False
-
-    with ThreadPoolExecutor(8) as pool:
-        won = list(pool.map(take, locks))
+    won = race(locks)
     assert sum(won) == 1
     winner = locks[won.index(True)]
     assert winner.taken_over is not None and winner.taken_over["execution_id"] == "d" * 32
