@@ -6,7 +6,7 @@ RUN := $(UV) run --frozen
 WORKSPACE ?= demo-workspace
 STACK_DIR ?= .stack
 
-.PHONY: setup test test-fast lint typecheck format demo bench clean stack stack-demo
+.PHONY: setup system-deps test test-fast lint typecheck format demo bench clean stack stack-demo
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -18,13 +18,25 @@ $(UV):
 
 setup: .venv/.synced
 
-test: setup
+# Servers and tools the tests and benchmarks start themselves, from Debian packages (installed once, when
+# missing): Redis for the shared online state, Chromium for the dashboard's browser tests, wrk for load.
+SYSTEM_PACKAGES ?= redis-server chromium wrk
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo=sudo; \
+	  else echo "missing Debian packages:$$missing (install them with apt-get as root)" >&2; exit 1; fi; \
+	  echo "installing Debian packages:$$missing"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test: setup system-deps
 	$(RUN) ruff check src tests benchmarks
 	$(RUN) ruff format --check src tests benchmarks
 	$(RUN) mypy
 	$(RUN) pytest
 
-test-fast: setup
+test-fast: setup system-deps
 	$(RUN) pytest -m "not slow"
 
 lint: setup
@@ -49,7 +61,7 @@ stack: setup
 stack-demo: setup
 	$(RUN) python tests/servers.py demo $(STACK_DIR)
 
-bench: setup
+bench: setup system-deps
 	for b in benchmarks/bench_*.py; do $(RUN) python $$b || exit 1; done
 
 clean:
