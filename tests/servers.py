@@ -308,6 +308,10 @@ def start_mlflow(pg: Postgres, s3: S3Server, folder: Path, database: str = "mlfl
         str(port),
         "--workers",
         "2",
+        # a loaded machine imports MLflow in a worker slower than uvicorn's 5 s health check allows, which
+        # then kills and restarts the worker for ever
+        "--uvicorn-opts",
+        "--timeout-worker-healthcheck 120",
         "--backend-store-uri",
         pg.url(database),
         "--artifacts-destination",

@@ -348,3 +348,16 @@ def test_s3_endpoint_from_the_setting(s3_env: object, monkeypatch: pytest.Monkey
     monkeypatch.delenv("FRAUDOPS_STORAGE__ENDPOINT_URL")
     explicit = Storage(f"s3://{bucket}/ws", endpoint_url=endpoint)
     assert explicit.read_text("a.txt") == "hello"
+
+
+def test_staged_is_a_local_copy_removed_after(storage: Storage) -> None:
+    """Batch scoring reads a staged local file: the bytes of the object, gone once the block ends (on
+    a local workspace the file itself, never a copy)."""
+    data = bytes(range(256)) * 4096
+    storage.write_bytes("prod_inputs/big.parquet", data)
+    with storage.staged("prod_inputs/big.parquet") as local:
+        assert Path(local).read_bytes() == data
+        assert (local == storage.path("prod_inputs/big.parquet")) == storage.is_local
+    assert Path(local).exists() == storage.is_local
+    with pytest.raises(StorageError, match="no such file"), storage.staged("prod_inputs/none.parquet"):
+        pass

@@ -213,7 +213,7 @@ def _chunks(storage: Storage, rel: str, plan: _Plan, chunk_rows: int) -> Generat
     """The file's rows, ``chunk_rows`` at a time, only the planned columns (CSV as text)."""
     with contextlib.ExitStack() as stack:
         with reading(plan.uri):
-            src = _source(storage, rel, stack)
+            src = stack.enter_context(storage.staged(rel))
             if plan.parquet:
                 import pyarrow.parquet as pq
 

@@ -534,6 +534,9 @@ def run(
             server_header=False,
             timeout_keep_alive=75,  # longer than load balancers' idle timeout (60 s on AWS ALB)
             timeout_graceful_shutdown=10,
+            # a worker loading its model on a busy machine misses uvicorn's default 5 s health check and is
+            # killed and restarted in a loop
+            timeout_worker_healthcheck=60,
         )
     finally:
         if metrics_dir:

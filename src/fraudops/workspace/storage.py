@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import posixpath
+import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
@@ -127,6 +128,24 @@ class Storage:
             return self.fs.open(self._fresh(self.path(rel)), "rb")
         except FileNotFoundError as e:
             raise StorageError(f"{self.uri(rel)}: no such file") from e
+
+    @contextlib.contextmanager
+    def staged(self, rel: str) -> Iterator[str]:
+        """A local path holding the file while the block runs: the file itself on a local workspace; on an
+        object store a temporary copy fetched in one streaming GET (as SageMaker Batch Transform stages its
+        inputs) — a reader that seeks between column chunks would otherwise issue a ranged GET per seek."""
+        if self.is_local:
+            if not os.path.isfile(self.path(rel)):
+                raise StorageError(f"{self.uri(rel)}: no such file")
+            yield self.path(rel)
+            return
+        with tempfile.TemporaryDirectory(prefix="fraudops-stage-") as folder:
+            local = os.path.join(folder, posixpath.basename(rel))
+            try:
+                self.fs.get_file(self._fresh(self.path(rel)), local)
+            except FileNotFoundError as e:
+                raise StorageError(f"{self.uri(rel)}: no such file") from e
+            yield local
 
     def read_bytes(self, rel: str) -> bytes:
         with self.open_read(rel) as f:
