@@ -163,9 +163,11 @@ def markdown_table(results: Iterable[dict[str, Any]], servers: list[str]) -> str
         for s in servers:
             m = by[s]
             cells.append(f"{m['req_per_s']:,.0f} · {m['p50_ms']:.2f} / {m['p99_ms']:.2f}")
-        f = by["fraudops"]["req_per_s"]
-        cells.append(f"{f / by['floor']['req_per_s']:.0%}")
-        cells.append(f"{f / by['mlflow native']['req_per_s']:.1f}×")
+        f, floor, native = (
+            by.get(s, {}).get("req_per_s", 0.0) for s in ("fraudops", "floor", "mlflow native")
+        )
+        cells.append(f"{f / floor:.0%}" if floor else "—")
+        cells.append(f"{f / native:.1f}×" if native else "— (no answer in a run)")
         cells.append(" / ".join(f"{by[s]['cpu_ms_per_request']:.2f}" for s in servers))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -175,7 +177,7 @@ def check_targets(results: list[dict[str, Any]], model: str) -> dict[str, bool]:
     """The issue's targets, on one model's single-row scenarios."""
     by = {(r["rows"], r["concurrency"]): r["servers"] for r in results if r["model"] == model}
     c1, c16 = by[(1, 1)], by[(1, 16)]
-    ratio = lambda s: s["fraudops"]["req_per_s"] / s["mlflow native"]["req_per_s"]  # noqa: E731
+    ratio = lambda s: s["fraudops"]["req_per_s"] / max(s["mlflow native"]["req_per_s"], 1e-9)  # noqa: E731
     return {
         f"{model}, 1 row c=1: >= {TARGET_FLOOR_SHARE:.0%} of the floor": c1["fraudops"]["req_per_s"]
         >= TARGET_FLOOR_SHARE * c1["floor"]["req_per_s"],
@@ -275,6 +277,36 @@ def log_native(settings: Any, model: Any, rows: np.ndarray) -> str:
             booster, name="model", input_example=example, pip_requirements=[f"xgboost=={version('xgboost')}"]
         )
     return str(info.model_uri)
+
+
+def runtime_costs(model: Any) -> dict[str, dict[str, float]]:
+    """Microseconds per call of each inference runtime on this model, best of 7, in this process."""
+    import xgboost
+
+    from fraudops.serving.trees import prepare_runtime
+
+    trees, _, _ = prepare_runtime(model)
+    booster = model.booster
+    rng = np.random.default_rng(3)
+    out: dict[str, dict[str, float]] = {}
+    for n in (1, 100):
+        x = np.ascontiguousarray(rng.normal(size=(n, len(model.feature_names))).astype(np.float32))
+        funcs = {
+            "xgboost DMatrix predict": lambda x=x: booster.predict(xgboost.DMatrix(x)),
+            "xgboost inplace_predict": lambda x=x: booster.inplace_predict(x, validate_features=False),
+        }
+        if trees is not None:
+            funcs["fraudops numpy trees"] = lambda x=x: trees.predict(x, booster)
+        for name, fn in funcs.items():
+            fn()
+            best = float("inf")
+            for _ in range(7):
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    fn()
+                best = min(best, (time.perf_counter() - t0) / 20)
+            out.setdefault(name, {})[f"{n}_rows_us"] = round(best * 1e6, 1)
+    return out
 
 
 # --------------------------------------------------------------------------------------- servers
@@ -404,7 +436,8 @@ class Bench:
                 ]
                 out[(rows, conns)] = s = summarize(runs)
                 print(
-                    f"  {name:<16} {rows:>3} rows c={conns:<2} {s['req_per_s']:>8,.0f} req/s  "
+                    f"{time.strftime('%H:%M:%S')} {name:<16} {rows:>3} rows c={conns:<2} "
+                    f"{s['req_per_s']:>8,.0f} req/s  "
                     f"p50 {s['p50_ms']:6.2f}  p99 {s['p99_ms']:7.2f} ms  "
                     f"CPU {s['cpu_ms_per_request']:.3f} ms/request  errors {s['errors']:.0f}",
                     flush=True,
@@ -456,9 +489,16 @@ class Bench:
                 {**genv, "_FRAUDOPS_SERVE_WORKSPACE": str(root)},
             )
             commands["floor granian"] = ([*granian, "serve_floor:create_floor"], genv)
-        print(f"{label}: {model.booster.num_boosted_rounds()} trees × {len(features)} features", flush=True)
+        print(
+            f"{time.strftime('%H:%M:%S')} {label}: "
+            f"{model.booster.num_boosted_rounds()} trees × {len(features)} features",
+            flush=True,
+        )
         measured: dict[str, dict[tuple[int, int], dict[str, float]]] = {}
+        only = self.args.only.split(",") if self.args.only else list(commands)
         for name, (cmd, env) in commands.items():
+            if name not in only and name != "fraudops":  # the floor answers what fraudops answers
+                continue
             if name.startswith("floor"):  # one server per body size: fraudops' answers, byte for byte
                 parts = {}
                 for n, answer in ((1, answers["fraudops"][0]), (100, answers["fraudops"][-1])):
@@ -488,12 +528,15 @@ class Bench:
             "native_model_uri": native_uri,
             "agreement": agreement(answers),
             "commands": {k: " ".join(v[0]) for k, v in commands.items()},
+            "runtimes_us": runtime_costs(model),
         }
         return results, info
 
 
 def agreement(answers: dict[str, list[bytes]]) -> dict[str, Any]:
     """fraudops vs the pyfunc (bytes) and vs the native flavor (probabilities)."""
+    if "mlflow native" not in answers or "mlflow pyfunc" not in answers:
+        return {}
     ours = [json.loads(a)["predictions"] for a in answers["fraudops"]]
     p_ours = np.array([r["fraud_probability"] for batch in ours for r in batch])
     native = np.array([p for a in answers["mlflow native"] for p in json.loads(a)["predictions"]])
@@ -516,6 +559,7 @@ def main() -> int:
     ap.add_argument("--server-cpu", default="0", help="the CPU the servers are pinned to")
     ap.add_argument("--client-cpu", default="1", help="the CPU wrk is pinned to")
     ap.add_argument("--granian-path", help="a folder holding granian (pip install --target DIR granian)")
+    ap.add_argument("--only", help="comma-separated servers to measure (fraudops always is), no targets")
     ap.add_argument("--no-check", action="store_true", help="exit 0 even when a target is missed")
     args = ap.parse_args()
     for tool in ("wrk", "taskset"):
@@ -549,9 +593,10 @@ def main() -> int:
     uptime_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     servers = [s for s in [*SERVERS, "fraudops granian", "floor granian"] if s in results[0]["servers"]]
     table = markdown_table(results, servers)
-    checks = check_targets(results, "demo champion")
+    checks = check_targets(results, "demo champion") if not args.only else {}
     for label, info in models.items():
-        a = info["agreement"]
+        if not (a := info["agreement"]):
+            continue
         checks[f"{label}: pyfunc answers byte-identical"] = a["pyfunc_identical_bytes"]
         checks[f"{label}: native probabilities within 1e-6"] = (
             a["native_max_abs_probability_difference"] <= 1e-6
@@ -559,6 +604,10 @@ def main() -> int:
     checks["no failed request"] = all(s["errors"] == 0 for r in results for s in r["servers"].values())
     print(f"\n{table}\n\nuptime before: {uptime_before}\nuptime after:  {uptime_after}")
     print(f"measured in {time.monotonic() - t0:.0f} s")
+    print("\n| runtime, one thread (µs per call) | 1 row | 100 rows |\n|---|---:|---:|")
+    for label, info in models.items():
+        for name, cost in info["runtimes_us"].items():
+            print(f"| {label}: {name} | {cost['1_rows_us']:,.0f} | {cost['100_rows_us']:,.0f} |")
     for k, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {k}")
     report = {
