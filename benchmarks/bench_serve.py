@@ -280,19 +280,21 @@ def log_native(settings: Any, model: Any, rows: np.ndarray) -> str:
 
 
 def runtime_costs(model: Any) -> dict[str, dict[str, float]]:
-    """Microseconds per call of each inference runtime on this model, best of 7, in this process."""
+    """Microseconds per call of each inference runtime on this model, best of 7, in this process, on one
+    thread (XGBoost's DMatrix too: its default is every core, whose threads wait for a busy machine)."""
     import xgboost
 
     from fraudops.serving.trees import prepare_runtime
 
     trees, _, _ = prepare_runtime(model)
-    booster = model.booster
+    booster = model.booster.copy()
+    booster.set_param({"nthread": 1})
     rng = np.random.default_rng(3)
     out: dict[str, dict[str, float]] = {}
     for n in (1, 100):
         x = np.ascontiguousarray(rng.normal(size=(n, len(model.feature_names))).astype(np.float32))
         funcs = {
-            "xgboost DMatrix predict": lambda x=x: booster.predict(xgboost.DMatrix(x)),
+            "xgboost DMatrix predict": lambda x=x: booster.predict(xgboost.DMatrix(x, nthread=1)),
             "xgboost inplace_predict": lambda x=x: booster.inplace_predict(x, validate_features=False),
         }
         if trees is not None:
@@ -407,6 +409,15 @@ class Bench:
             # mlflow models serve runs `uvicorn` from PATH: this environment's, also without `uv run`
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         }
+
+    def pinned(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` with this process on the servers' CPU, where they were measured."""
+        everywhere = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {int(self.args.server_cpu)})
+        try:
+            return fn(*args)
+        finally:
+            os.sched_setaffinity(0, everywhere)
 
     def measure(
         self,
@@ -528,7 +539,7 @@ class Bench:
             "native_model_uri": native_uri,
             "agreement": agreement(answers),
             "commands": {k: " ".join(v[0]) for k, v in commands.items()},
-            "runtimes_us": runtime_costs(model),
+            "runtimes_us": self.pinned(runtime_costs, model),
         }
         return results, info
 
