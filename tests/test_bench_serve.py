@@ -119,3 +119,36 @@ def test_targets_and_table(bench: ModuleType) -> None:
     assert len(table) == 2 + 4
     assert table[2].startswith("| demo champion | 1 | 1 | 8,600 · 0.60 / 1.20 | 10,000 · 0.30 / 0.60 |")
     assert "| 86% | 8.6× | 0.10 / 0.10 / 0.10 / 0.10 |" in table[2]
+
+
+def test_floor_app_reads_the_whole_body_and_answers_the_constant_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import serve_floor
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    answer = b'{"predictions": [{"fraud_probability": 0.25, "is_fraud": 0}]}'
+    (tmp_path / "answer.json").write_bytes(answer)
+    monkeypatch.setenv(serve_floor.BODY_ENV, str(tmp_path / "answer.json"))
+    app = serve_floor.create_floor()
+    incoming = [
+        {"type": "http.request", "body": b'{"dataframe_split": ', "more_body": True},
+        {"type": "http.request", "body": b"{}}", "more_body": False},
+    ]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return incoming.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app({"type": "http", "path": "/invocations"}, receive, send))
+    assert incoming == []  # the request body was read to its end
+    assert sent[0]["status"] == 200
+    assert dict(sent[0]["headers"])[b"content-length"] == str(len(answer)).encode()
+    assert sent[1]["body"] == answer
