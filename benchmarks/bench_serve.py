@@ -59,7 +59,6 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "serve.json"
 LARGE_MODEL_NAME = "bench-serve-model"
 LARGE_TREES = 300
-LARGE_FEATURES = [*(f"V{i}" for i in range(1, 30)), "Amount"]
 LOOPBACK = ["--host", "127.0.0.1", "--port", "{port}"]  # {port}: a free port, per start
 SCENARIOS = [(1, 1), (1, 16), (100, 1), (100, 16)]  # (rows per request, concurrency)
 SERVERS = ["fraudops", "floor", "mlflow native", "mlflow pyfunc"]
@@ -636,7 +635,7 @@ def main() -> int:
             "OMP_NUM_THREADS": 1,
         },
         "models": models,
-        "results": [{**r, "servers": r["servers"]} for r in results],
+        "results": results,
         "table": table,
         "checks": checks,
     }
