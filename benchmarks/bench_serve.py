@@ -1,21 +1,31 @@
-"""Benchmark ``fraudops serve`` against ``mlflow models serve`` on the same 300-tree champion.
+"""Benchmark ``fraudops serve`` against a fairly configured ``mlflow models serve`` and its own stack's floor.
 
-    uv run python benchmarks/bench_serve.py [--workspace DIR] [--duration 10] [--workers 2]
+    uv run python benchmarks/bench_serve.py [--demo-workspace DIR] [--large-workspace DIR] [--runs 3]
 
-1. A features-kind workspace with a synthetic 30-feature dataset and an XGBoost champion of exactly
-   300 trees (no early stopping), trained, registered and promoted by fraudops (reused if DIR has one).
-2. Both servers start on that champion: ``mlflow models serve -m models:/<name>@champion --env-manager
-   local`` (one worker, its default) and ``fraudops serve`` (``--workers``, 2 by default: one per core).
-3. Both answer the same requests (single rows and 100-row batches); their JSON answers must be equal.
-4. ``wrk`` (Debian package ``wrk``; a C load generator, far lighter than a Python client on a 2-core
-   machine) loads each server with the same Lua script, rotating through 64 different request bodies:
-   single rows at concurrency 1 and 16, 100-row batches at concurrency 1 and 16.
-5. In-process costs of the inference runtimes on the same model (XGBoost DMatrix, XGBoost inplace_predict,
-   fraudops' numpy trees) at 1, 16 and 100 rows.
+Two models: the champion of ``fraudops demo`` (transactions kind, early-stopped XGBoost; built in DIR
+when it has no champion) and a features-kind champion of exactly 300 trees × 30 features (synthetic
+data). For each model, one server at a time (never two at once), each alone on CPU ``--server-cpu``
+(``taskset``), loaded by ``wrk`` (keep-alive, a Lua script rotating 64 request bodies) on CPU
+``--client-cpu``; every server has one worker process and ``OMP_NUM_THREADS=1``:
+
+- ``fraudops``: ``fraudops serve --workers 1``;
+- ``floor``: the same uvicorn stack with the same options answering a constant body of the size of
+  fraudops' answer and doing nothing else (``serve_floor.py``): what the stack itself can do;
+- ``mlflow native``: the same booster (feature names set, ``nthread`` 1) logged with
+  ``mlflow.xgboost.log_model`` and served by ``mlflow models serve --env-manager local -w 1``: what a
+  user who never heard of fraudops would serve;
+- ``mlflow pyfunc``: the pyfunc fraudops registers, served the same way.
+
+Scenarios: 1 and 100 rows per request, concurrency 1 and 16; each ``--runs`` times for ``--duration``
+seconds after a ``--warmup`` run, the median reported, with the server process tree's CPU seconds per
+request (``/proc``). The answers are checked first: fraudops and the pyfunc byte-identical, the native
+flavor's probabilities equal to fraudops'. ``--granian-path DIR`` (``pip install --target DIR granian``)
+adds fraudops and the floor on granian (ASGI), measured the same way, without changing the environment.
 
 Prints a markdown table for the README, writes benchmarks/results/serve.json, and exits non-zero when
-the answers differ or a target of the issue is missed (≥ 30× mlflow's single-row throughput with p99 ≤ 5 ms
-at concurrency 1, ≥ 10× on 100-row requests). Everything listens on 127.0.0.1 only.
+a target of the issue is missed on the demo champion (single row at concurrency 1: ≥ 85 % of the floor's
+throughput, ≥ 7× the native peer, p99 ≤ 1.5 ms; at concurrency 16: ≥ 6× the native peer, p99 ≤ 10 ms).
+Everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -25,16 +35,17 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -42,13 +53,20 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-RESULTS = Path(__file__).parent / "results" / "serve.json"
-MODEL_NAME = "bench-serve-model"
-N_TREES = 300
-FEATURES = [*(f"V{i}" for i in range(1, 30)), "Amount"]
-TARGET_SINGLE = 30.0
-TARGET_BATCH = 10.0
-TARGET_P99_MS = 5.0
+from common import finish, machine
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "serve.json"
+LARGE_MODEL_NAME = "bench-serve-model"
+LARGE_TREES = 300
+LOOPBACK = ["--host", "127.0.0.1", "--port", "{port}"]  # {port}: a free port, per start
+SCENARIOS = [(1, 1), (1, 16), (100, 1), (100, 16)]  # (rows per request, concurrency)
+SERVERS = ["fraudops", "floor", "mlflow native", "mlflow pyfunc"]
+TARGET_FLOOR_SHARE = 0.85
+TARGET_C1_RATIO = 7.0
+TARGET_C1_P99_MS = 1.5
+TARGET_C16_RATIO = 6.0
+TARGET_C16_P99_MS = 10.0
 WRK_LUA = r"""
 local bodies = {}
 for line in io.lines(os.getenv("WRK_BODIES")) do bodies[#bodies + 1] = line end
@@ -73,10 +91,107 @@ end
 """
 
 
-# ------------------------------------------------------------------------------------ the champion
+# ------------------------------------------------------------------------ pure helpers (unit-tested)
 
 
-def build_workspace(root: Path, rows: int) -> None:
+def parse_wrk(stdout: str) -> dict[str, float]:
+    """The figures of one wrk run, from the line the Lua script's ``done`` writes."""
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("WRKJSON ")), None)
+    if line is None:
+        raise ValueError(f"no WRKJSON line in wrk's output: {stdout[-500:]!r}")
+    r = json.loads(line.removeprefix("WRKJSON "))
+    seconds = r["duration_us"] / 1e6
+    return {
+        "requests": r["requests"],
+        "req_per_s": r["requests"] / seconds if seconds else 0.0,
+        "p50_ms": r["p50_us"] / 1000,
+        "p90_ms": r["p90_us"] / 1000,
+        "p99_ms": r["p99_us"] / 1000,
+        "max_ms": r["max_us"] / 1000,
+        "errors": r["errors"] + r["status_errors"],
+    }
+
+
+def parse_stat(text: str) -> tuple[int, int]:
+    """(parent pid, utime + stime clock ticks) from the text of ``/proc/<pid>/stat``.
+
+    The command name (field 2) is in parentheses and may hold spaces and parentheses: split after the last.
+    """
+    fields = text.rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
+def tree_ticks(stats: Mapping[int, tuple[int, int]], root: int) -> int:
+    """CPU ticks of ``root`` and all its descendants, from {pid: (parent pid, ticks)}."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in stats.items():
+        children.setdefault(parent, []).append(pid)
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += stats[pid][1] if pid in stats else 0
+        todo += children.get(pid, [])
+    return total
+
+
+def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The median of each figure over several runs (requests and errors: summed)."""
+    out = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k not in ("requests", "errors")}
+    out["requests"] = sum(r["requests"] for r in runs)
+    out["errors"] = sum(r["errors"] for r in runs)
+    out["runs"] = len(runs)
+    return out
+
+
+def markdown_table(results: Iterable[dict[str, Any]], servers: list[str]) -> str:
+    """One line per model and scenario: each server's req/s and p50 / p99, fraudops' share of the floor
+    and its ratio to the native peer, the server CPU per request."""
+    head = [
+        "model",
+        "rows",
+        "c",
+        *(f"{s} req/s · p50 / p99 ms" for s in servers),
+        "fraudops ÷ floor",
+        "fraudops ÷ mlflow native",
+        f"server CPU ms/request ({' / '.join(servers)})",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|" + "---:|" * (len(servers) + 3)]
+    for r in results:
+        cells = [r["model"], str(r["rows"]), str(r["concurrency"])]
+        by = r["servers"]
+        for s in servers:
+            m = by[s]
+            cells.append(f"{m['req_per_s']:,.0f} · {m['p50_ms']:.2f} / {m['p99_ms']:.2f}")
+        f, floor, native = (
+            by.get(s, {}).get("req_per_s", 0.0) for s in ("fraudops", "floor", "mlflow native")
+        )
+        cells.append(f"{f / floor:.0%}" if floor else "—")
+        cells.append(f"{f / native:.1f}×" if native else "— (no answer in a run)")
+        cells.append(" / ".join(f"{by[s]['cpu_ms_per_request']:.2f}" for s in servers))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def check_targets(results: list[dict[str, Any]], model: str) -> dict[str, bool]:
+    """The issue's targets, on one model's single-row scenarios."""
+    by = {(r["rows"], r["concurrency"]): r["servers"] for r in results if r["model"] == model}
+    c1, c16 = by[(1, 1)], by[(1, 16)]
+    ratio = lambda s: s["fraudops"]["req_per_s"] / max(s["mlflow native"]["req_per_s"], 1e-9)  # noqa: E731
+    return {
+        f"{model}, 1 row c=1: >= {TARGET_FLOOR_SHARE:.0%} of the floor": c1["fraudops"]["req_per_s"]
+        >= TARGET_FLOOR_SHARE * c1["floor"]["req_per_s"],
+        f"{model}, 1 row c=1: >= {TARGET_C1_RATIO:g}x mlflow native": ratio(c1) >= TARGET_C1_RATIO,
+        f"{model}, 1 row c=1: p99 <= {TARGET_C1_P99_MS:g} ms": c1["fraudops"]["p99_ms"] <= TARGET_C1_P99_MS,
+        f"{model}, 1 row c=16: >= {TARGET_C16_RATIO:g}x mlflow native": ratio(c16) >= TARGET_C16_RATIO,
+        f"{model}, 1 row c=16: p99 <= {TARGET_C16_P99_MS:g} ms": c16["fraudops"]["p99_ms"]
+        <= TARGET_C16_P99_MS,
+    }
+
+
+# ------------------------------------------------------------------------------------ the models
+
+
+def build_large_workspace(root: Path, rows: int) -> None:
     """A synthetic 30-feature table (Kaggle-like names) and a 300-tree XGBoost champion."""
     from fraudops.context import StepContext
     from fraudops.modeling.train import train_step
@@ -89,9 +204,9 @@ def build_workspace(root: Path, rows: int) -> None:
     (root / "fraudops.yaml").write_text(
         "data:\n  kind: features\n"
         "train:\n  candidates: [xgboost]\n  n_jobs: 2\n"
-        f"  xgboost: {{n_estimators: {N_TREES}, max_depth: 6, learning_rate: 0.05, subsample: 0.8, "
+        f"  xgboost: {{n_estimators: {LARGE_TREES}, max_depth: 6, learning_rate: 0.05, subsample: 0.8, "
         "colsample_bytree: 0.8, min_child_weight: 1}\n"  # no early_stopping_rounds: all 300 trees stay
-        f"registry:\n  model_name: {MODEL_NAME}\n"
+        f"registry:\n  model_name: {LARGE_MODEL_NAME}\n"
     )
     settings, _ = init_workspace(str(root))
     storage = Storage(settings.workspace)
@@ -102,12 +217,18 @@ def build_workspace(root: Path, rows: int) -> None:
     y = (rng.random(rows) < 1 / (1 + np.exp(-z))).astype(np.int64)
     cols = {"Time": np.arange(rows, dtype=np.float64), **{f"V{i + 1}": x[:, i] for i in range(29)}}
     storage.write_frame("data/raw/creditcard.parquet", pl.DataFrame({**cols, "Amount": amount, "Class": y}))
-    print(f"training {N_TREES} trees on {rows:,} rows × 30 features ...", flush=True)
+    print(f"training {LARGE_TREES} trees on {rows:,} rows × 30 features ...", flush=True)
     run = train_step(StepContext(settings, storage))
     register_step(StepContext(settings, storage, handed={"train": run}))
     decision = select_champion_step(StepContext(settings, storage))
     if decision.champion_version is None:
         raise SystemExit(f"the synthetic model was not promoted: {decision.reasons}")
+
+
+def build_demo_workspace(root: Path) -> None:
+    print(f"running `fraudops demo {root}` for the demo's champion ...", flush=True)
+    cmd = [sys.executable, "-m", "fraudops.cli", "demo", str(root), "--force"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
 def champion(root: Path) -> tuple[Any, Any, str]:
@@ -118,9 +239,75 @@ def champion(root: Path) -> tuple[Any, Any, str]:
     settings = load_settings(str(root))
     mv = registry.version_by_alias(settings, "champion")
     if mv is None:
-        raise LookupError("no champion")
-    model = load_version(settings, mv.version)
-    return settings, model, str(mv.version)
+        raise LookupError(f"no champion in {root}")
+    return settings, load_version(settings, mv.version), str(mv.version)
+
+
+def feature_rows(settings: Any, model: Any, root: Path) -> np.ndarray:
+    """Rows of the model's features: the synthetic table (features kind), or the features of the demo's
+    latest ten days of transactions (transactions kind)."""
+    if settings.data.kind == "features":
+        return pl.read_parquet(root / "data/raw/creditcard.parquet").select(model.feature_names).to_numpy()
+    from fraudops.features.engine import add_features
+
+    files = sorted((root / "data" / "raw").glob("*.parquet"))[-10:]
+    tx = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    x = add_features(tx, settings.features).select(model.feature_names).drop_nulls().to_numpy(order="c")
+    return np.asarray(x[np.isfinite(x).all(axis=1)][-4000:], dtype=np.float64)
+
+
+def log_native(settings: Any, model: Any, rows: np.ndarray) -> str:
+    """The same booster, as a user serving it without fraudops would log it: MLflow's xgboost flavor,
+    feature names set, one prediction thread. Returns the model URI."""
+    import mlflow
+    import mlflow.xgboost
+    import pandas as pd
+
+    from fraudops.tracking.client import tracking_uri
+
+    booster = model.booster.copy()
+    booster.feature_names = list(model.feature_names)
+    booster.set_param({"nthread": 1})
+    mlflow.set_tracking_uri(tracking_uri(settings))
+    mlflow.set_experiment("bench-serve-native-flavor")
+    example = pd.DataFrame(rows[:5].astype(np.float64), columns=model.feature_names)
+    with mlflow.start_run():
+        info = mlflow.xgboost.log_model(
+            booster, name="model", input_example=example, pip_requirements=[f"xgboost=={version('xgboost')}"]
+        )
+    return str(info.model_uri)
+
+
+def runtime_costs(model: Any) -> dict[str, dict[str, float]]:
+    """Microseconds per call of each inference runtime on this model, best of 7, in this process, on one
+    thread (XGBoost's DMatrix too: its default is every core, whose threads wait for a busy machine)."""
+    import xgboost
+
+    from fraudops.serving.trees import prepare_runtime
+
+    trees, _, _ = prepare_runtime(model)
+    booster = model.booster.copy()
+    booster.set_param({"nthread": 1})
+    rng = np.random.default_rng(3)
+    out: dict[str, dict[str, float]] = {}
+    for n in (1, 100):
+        x = np.ascontiguousarray(rng.normal(size=(n, len(model.feature_names))).astype(np.float32))
+        funcs = {
+            "xgboost DMatrix predict": lambda x=x: booster.predict(xgboost.DMatrix(x, nthread=1)),
+            "xgboost inplace_predict": lambda x=x: booster.inplace_predict(x, validate_features=False),
+        }
+        if trees is not None:
+            funcs["fraudops numpy trees"] = lambda x=x: trees.predict(x, booster)
+        for name, fn in funcs.items():
+            fn()
+            best = float("inf")
+            for _ in range(7):
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    fn()
+                best = min(best, (time.perf_counter() - t0) / 20)
+            out.setdefault(name, {})[f"{n}_rows_us"] = round(best * 1e6, 1)
+    return out
 
 
 # --------------------------------------------------------------------------------------- servers
@@ -145,7 +332,7 @@ def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300
         with contextlib.suppress(OSError), urllib.request.urlopen(url + "/ping", timeout=2) as r:
             if r.status == 200:
                 return
-        time.sleep(0.5)
+        time.sleep(0.3)
     raise SystemExit(f"server not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
@@ -161,350 +348,300 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def tree_cpu_seconds(root_pid: int) -> float:
-    """User + system CPU seconds of a process and all its descendants (from /proc; Linux only)."""
-    children: dict[int, list[int]] = {}
-    ticks: dict[int, int] = {}
+def proc_stats() -> dict[int, tuple[int, int]]:
+    """{pid: (parent pid, CPU ticks)} of every process (Linux /proc)."""
+    out = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(entry)
-        children.setdefault(int(fields[1]), []).append(pid)
-        ticks[pid] = int(fields[11]) + int(fields[12])
-    total, todo = 0, [root_pid]
-    while todo:
-        pid = todo.pop()
-        total += ticks.get(pid, 0)
-        todo += children.get(pid, [])
-    return total / os.sysconf("SC_CLK_TCK")
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:
+                out[int(entry)] = parse_stat(f.read())
+    return out
 
 
-def post(url: str, body: bytes) -> tuple[int, bytes]:
+def post(url: str, body: bytes) -> bytes:
     req = urllib.request.Request(
         url + "/invocations", data=body, headers={"Content-Type": "application/json"}
     )
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, r.read()
+            return bytes(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, e.read()
+        raise SystemExit(f"{url} answered {e.code}: {e.read()[:500]!r}") from None
 
 
-def split_body(rows: np.ndarray) -> bytes:
-    return json.dumps({"dataframe_split": {"columns": FEATURES, "data": rows.tolist()}}).encode()
+def split_body(rows: np.ndarray, features: list[str]) -> bytes:
+    return json.dumps({"dataframe_split": {"columns": features, "data": rows.tolist()}}).encode()
 
 
-# ------------------------------------------------------------------------------------ measurements
-
-
-def compare_answers(urls: dict[str, str], rows: np.ndarray, model: Any) -> dict[str, Any]:
-    """Both servers on 200 single rows and 6 batches of 100: equal JSON, and equal to the model."""
-    bodies = [split_body(rows[i : i + 1]) for i in range(200)]
-    bodies += [split_body(rows[lo : lo + 100]) for lo in range(200, 800, 100)]
-    answers: dict[str, list[bytes]] = {}
-    for name, url in urls.items():
-        out = []
-        for body in bodies:
-            status, text = post(url, body)
-            if status != 200:
-                raise SystemExit(f"{name} answered {status}: {text[:500]!r}")
-            out.append(text)
-        answers[name] = out
-    a, b = answers["mlflow"], answers["fraudops"]
-    parsed_a = [json.loads(t)["predictions"] for t in a]
-    parsed_b = [json.loads(t)["predictions"] for t in b]
-    p_a = np.array([r["fraud_probability"] for batch in parsed_a for r in batch])
-    p_b = np.array([r["fraud_probability"] for batch in parsed_b for r in batch])
-    f_a = [r["is_fraud"] for batch in parsed_a for r in batch]
-    f_b = [r["is_fraud"] for batch in parsed_b for r in batch]
-    reference = model.predict_proba(np.concatenate([rows[:200], rows[200:800]]).astype(np.float32))
-    return {
-        "rows_compared": len(p_a),
-        "requests_compared": len(bodies),
-        "identical_json_bytes": a == b,
-        "equal_parsed_json": parsed_a == parsed_b,
-        "max_abs_probability_difference": float(np.max(np.abs(p_a - p_b))),
-        "is_fraud_identical": f_a == f_b,
-        "fraudops_equals_FraudModel_predict_proba": bool(np.array_equal(p_b, reference)),
-    }
-
-
-def run_wrk(
-    url: str, bodies_file: Path, script: Path, connections: int, seconds: float, pid: int
-) -> dict[str, Any]:
-    cpu_before = tree_cpu_seconds(pid)
-    cmd = [
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{seconds:g}s",
-        "--timeout",
-        "30s",
-        "-s",
-        str(script),
-        url + "/invocations",
-    ]
-    env = {**os.environ, "WRK_BODIES": str(bodies_file)}
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    line = next(ln for ln in out.splitlines() if ln.startswith("WRKJSON "))
-    r = json.loads(line.removeprefix("WRKJSON "))
-    cpu = tree_cpu_seconds(pid) - cpu_before
-    return {
-        "server_cpu_ms_per_request": 1000 * cpu / max(r["requests"], 1),
-        "requests": r["requests"],
-        "req_per_s": r["requests"] / (r["duration_us"] / 1e6),
-        "p50_ms": r["p50_us"] / 1000,
-        "p90_ms": r["p90_us"] / 1000,
-        "p99_ms": r["p99_us"] / 1000,
-        "max_ms": r["max_us"] / 1000,
-        "errors": r["errors"] + r["status_errors"],
-    }
-
-
-def runtime_costs(model: Any) -> dict[str, dict[str, float]]:
-    """Microseconds per call, best of several runs, in this process (one thread)."""
-    import xgboost
-
-    from fraudops.serving.trees import prepare_runtime
-
-    trees, _, _ = prepare_runtime(model)
-    rng = np.random.default_rng(3)
-    out: dict[str, dict[str, float]] = {}
-    for n in (1, 16, 100):
-        x = np.ascontiguousarray(rng.normal(size=(n, 30)).astype(np.float32))
-        funcs = {
-            "xgboost DMatrix predict": lambda x=x: model.booster.predict(xgboost.DMatrix(x)),
-            "xgboost inplace_predict": lambda x=x: model.booster.inplace_predict(x, validate_features=False),
-        }
-        if trees is not None:
-            funcs["fraudops numpy trees"] = lambda x=x: trees.predict(x, model.booster)
-        for name, fn in funcs.items():
-            fn()
-            best = float("inf")
-            for _ in range(7):
-                t0 = time.perf_counter()
-                for _ in range(20):
-                    fn()
-                best = min(best, (time.perf_counter() - t0) / 20)
-            out.setdefault(name, {})[f"{n}_rows_us"] = round(best * 1e6, 1)
-    return out
+def run_wrk(url: str, bodies: Path, script: Path, connections: int, seconds: int, cpu: str, pid: int):
+    """One wrk run pinned to ``cpu``; with the server tree's CPU milliseconds per request."""
+    cmd = ["taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s"]
+    cmd += ["-s", str(script), url + "/invocations"]
+    before = tree_ticks(proc_stats(), pid)
+    out = subprocess.run(
+        cmd, env={**os.environ, "WRK_BODIES": str(bodies)}, capture_output=True, text=True, check=True
+    ).stdout
+    ticks = tree_ticks(proc_stats(), pid) - before
+    r = parse_wrk(out)
+    r["cpu_ms_per_request"] = 1000 * ticks / os.sysconf("SC_CLK_TCK") / max(r["requests"], 1)
+    return r
 
 
 # ------------------------------------------------------------------------------------------- main
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workspace", help="reuse (or build) the champion here; default: a temporary folder")
-    ap.add_argument("--rows", type=int, default=12_000, help="rows of the synthetic training table")
-    ap.add_argument("--duration", type=float, default=10.0, help="seconds of load per scenario and server")
-    ap.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measurement")
-    ap.add_argument("--workers", type=int, default=2, help="fraudops serve worker processes")
-    ap.add_argument("--no-check", action="store_true", help="exit 0 even when a target is missed")
-    ap.add_argument(
-        "--fraudops-extra-path",
-        help="a folder put on the fraudops server's PYTHONPATH, e.g. one holding orjson "
-        "(pip install --target DIR orjson): measures an optional package without changing the environment",
-    )
-    args = ap.parse_args()
+class Bench:
+    """One model's servers, each started alone, loaded, stopped."""
 
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk not found: apt-get install -y wrk")
-    tmp = tempfile.TemporaryDirectory(prefix="bench-serve-")
-    root = Path(args.workspace) if args.workspace else Path(tmp.name) / "ws"
-    try:
+    def __init__(self, args: argparse.Namespace, logs: Path) -> None:
+        self.args = args
+        self.logs = logs
+        self.script = logs / "post.lua"
+        self.script.write_text(WRK_LUA)
+        self.env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("FRAUDOPS_", "PROMETHEUS_", "MLFLOW_"))
+            },
+            "OMP_NUM_THREADS": "1",
+            # mlflow models serve runs `uvicorn` from PATH: this environment's, also without `uv run`
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        }
+
+    def pinned(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` with this process on the servers' CPU, where they were measured."""
+        everywhere = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {int(self.args.server_cpu)})
+        try:
+            return fn(*args)
+        finally:
+            os.sched_setaffinity(0, everywhere)
+
+    def measure(
+        self,
+        name: str,
+        cmd: list[str],
+        env: dict[str, str],
+        bodies: dict[int, Path],
+        scenarios: list[tuple[int, int]],
+        probe: Callable[[str], None] | None = None,
+    ) -> dict[tuple[int, int], dict[str, float]]:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        full = ["taskset", "-c", self.args.server_cpu, *[c.replace("{port}", str(port)) for c in cmd]]
+        log = self.logs / f"{name.replace(' ', '_')}.log"
+        proc = start(full, env, log)
+        out: dict[tuple[int, int], dict[str, float]] = {}
+        try:
+            wait_ready(url, proc, log)
+            if probe is not None:
+                probe(url)
+            for rows, conns in scenarios:
+                a = self.args
+                run_wrk(url, bodies[rows], self.script, conns, a.warmup, a.client_cpu, proc.pid)
+                runs = [
+                    run_wrk(url, bodies[rows], self.script, conns, a.duration, a.client_cpu, proc.pid)
+                    for _ in range(a.runs)
+                ]
+                out[(rows, conns)] = s = summarize(runs)
+                print(
+                    f"{time.strftime('%H:%M:%S')} {name:<16} {rows:>3} rows c={conns:<2} "
+                    f"{s['req_per_s']:>8,.0f} req/s  "
+                    f"p50 {s['p50_ms']:6.2f}  p99 {s['p99_ms']:7.2f} ms  "
+                    f"CPU {s['cpu_ms_per_request']:.3f} ms/request  errors {s['errors']:.0f}",
+                    flush=True,
+                )
+        finally:
+            stop(proc)
+        return out
+
+    def model(self, label: str, root: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         settings, model, model_version = champion(root)
-    except Exception:
-        build_workspace(root, args.rows)
-        settings, model, model_version = champion(root)
-    n_trees = int(model.booster.num_boosted_rounds())
-    if n_trees != N_TREES or len(model.feature_names) != 30:
-        raise SystemExit(
-            f"the champion has {n_trees} trees and {len(model.feature_names)} features, not 300/30"
-        )
-    from fraudops.tracking.client import tracking_uri
-
-    rows = pl.read_parquet(root / "data/raw/creditcard.parquet").select(model.feature_names).to_numpy()
-    tracking = tracking_uri(settings)
-    logs = Path(tmp.name)
-    base_env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("FRAUDOPS_", "PROMETHEUS_", "MLFLOW_"))
-    }
-    ports = {"mlflow": free_port(), "fraudops": free_port()}
-    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    mlflow_cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        f"models:/{MODEL_NAME}@champion",
-        "--env-manager",
-        "local",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(ports["mlflow"]),
-        "-w",
-        "1",
-    ]
-    fraudops_cmd = [
-        sys.executable,
-        "-m",
-        "fraudops.cli",
-        "serve",
-        "-w",
-        str(root),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(ports["fraudops"]),
-        "--workers",
-        str(args.workers),
-    ]
-    fraudops_env = dict(base_env)
-    if args.fraudops_extra_path:
-        fraudops_env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [args.fraudops_extra_path, os.environ.get("PYTHONPATH")])
-        )
-    procs = {
-        "mlflow": start(mlflow_cmd, {**base_env, "MLFLOW_TRACKING_URI": tracking}, logs / "mlflow.log"),
-        "fraudops": start(fraudops_cmd, fraudops_env, logs / "fraudops.log"),
-    }
-    load_before = os.getloadavg()
-    try:
-        for name in procs:
-            wait_ready(urls[name], procs[name], logs / f"{name}.log")
-        time.sleep(3)  # every fraudops worker up (each loads the model on its own)
-        print("both servers ready; comparing answers ...", flush=True)
-        agreement = compare_answers(urls, rows, model)
-        print(json.dumps(agreement, indent=2), flush=True)
-
-        script = logs / "post.lua"
-        script.write_text(WRK_LUA)
+        features = list(model.feature_names)
+        rows = feature_rows(settings, model, root)
         rng = np.random.default_rng(7)
         bodies: dict[int, Path] = {}
         for n in (1, 100):
-            path = logs / f"bodies_{n}.jsonl"
+            path = self.logs / f"{label}_bodies_{n}.jsonl"
             starts = rng.integers(0, len(rows) - n, 64)
-            path.write_bytes(b"\n".join(split_body(rows[s : s + n]) for s in starts) + b"\n")
+            path.write_bytes(b"\n".join(split_body(rows[s : s + n], features) for s in starts) + b"\n")
             bodies[n] = path
-        scenarios = [
-            ("single row, concurrency 1", 1, 1),
-            ("single row, concurrency 16", 1, 16),
-            ("100 rows, concurrency 1", 100, 1),
-            ("100 rows, concurrency 16", 100, 16),
-        ]
-        results = []
-        for label, n, conns in scenarios:
-            row: dict[str, Any] = {"scenario": label, "rows_per_request": n, "concurrency": conns}
-            for name in ("mlflow", "fraudops"):
-                run_wrk(urls[name], bodies[n], script, conns, args.warmup, procs[name].pid)
-                row[name] = run_wrk(urls[name], bodies[n], script, conns, args.duration, procs[name].pid)
-                r = row[name]
-                print(
-                    f"{label:<28} {name:<9} {r['req_per_s']:>9,.0f} req/s  p50 {r['p50_ms']:7.2f} ms  "
-                    f"p99 {r['p99_ms']:7.2f} ms  CPU {r['server_cpu_ms_per_request']:6.2f} ms/request  "
-                    f"errors {r['errors']}",
-                    flush=True,
-                )
-            row["throughput_ratio"] = row["fraudops"]["req_per_s"] / row["mlflow"]["req_per_s"]
-            cpu_m, cpu_f = (row[k]["server_cpu_ms_per_request"] for k in ("mlflow", "fraudops"))
-            row["cpu_per_request_ratio"] = cpu_m / cpu_f if cpu_f else float("nan")
-            results.append(row)
-    finally:
-        for proc in procs.values():
-            stop(proc)
-    load_after = os.getloadavg()
-    print("in-process inference runtime costs ...", flush=True)
-    runtimes = runtime_costs(model)
+        check = [split_body(rows[i : i + 1], features) for i in range(100)]
+        check += [split_body(rows[lo : lo + 100], features) for lo in range(100, 600, 100)]
+        answers: dict[str, list[bytes]] = {}
 
-    by = {(r["rows_per_request"], r["concurrency"]): r for r in results}
-    checks = {
-        "answers identical (is_fraud equal, probabilities within 1e-6)": agreement["is_fraud_identical"]
-        and agreement["max_abs_probability_difference"] <= 1e-6,
-        f"single row c=1: >= {TARGET_SINGLE:g}x mlflow": by[(1, 1)]["throughput_ratio"] >= TARGET_SINGLE,
-        f"single row c=1: p99 <= {TARGET_P99_MS:g} ms": by[(1, 1)]["fraudops"]["p99_ms"] <= TARGET_P99_MS,
-        f"single row c=16: >= {TARGET_SINGLE:g}x mlflow": by[(1, 16)]["throughput_ratio"] >= TARGET_SINGLE,
-        f"100 rows c=16: >= {TARGET_BATCH:g}x mlflow": by[(100, 16)]["throughput_ratio"] >= TARGET_BATCH,
-        "no failed request": all(r[s]["errors"] == 0 for r in results for s in ("mlflow", "fraudops")),
+        def collect(name: str) -> Callable[[str], None]:
+            return lambda url: answers.__setitem__(name, [post(url, b) for b in check])
+
+        from fraudops.tracking.client import tracking_uri
+
+        native_uri = log_native(settings, model, rows)
+        mlflow_env = {**self.env, "MLFLOW_TRACKING_URI": tracking_uri(settings)}
+        py = sys.executable
+        mlflow_cmd = [py, "-m", "mlflow", "models", "serve", "--env-manager", "local"]
+        mlflow_cmd += ["-h", "127.0.0.1", "-p", "{port}", "-w", "1", "-m"]
+        commands: dict[str, tuple[list[str], dict[str, str]]] = {
+            "fraudops": (
+                [py, "-m", "fraudops.cli", "serve", "-w", str(root), *LOOPBACK, "--workers", "1"],
+                self.env,
+            ),
+            "floor": ([py, str(HERE / "serve_floor.py"), "--workspace", str(root), "--port", "{port}"], {}),
+            "mlflow native": ([*mlflow_cmd, native_uri], mlflow_env),
+            "mlflow pyfunc": ([*mlflow_cmd, f"models:/{settings.registry.model_name}@champion"], mlflow_env),
+        }
+        if self.args.granian_path:
+            granian = [py, "-m", "granian", "--interface", "asgi", *LOOPBACK]
+            granian += ["--workers", "1", "--loop", "uvloop", "--http", "1", "--no-ws", "--factory"]
+            genv = {**self.env, "PYTHONPATH": os.pathsep.join([self.args.granian_path, str(HERE)])}
+            commands["fraudops granian"] = (
+                [*granian, "fraudops.serving.app:create_app"],
+                {**genv, "_FRAUDOPS_SERVE_WORKSPACE": str(root)},
+            )
+            commands["floor granian"] = ([*granian, "serve_floor:create_floor"], genv)
+        print(
+            f"{time.strftime('%H:%M:%S')} {label}: "
+            f"{model.booster.num_boosted_rounds()} trees × {len(features)} features",
+            flush=True,
+        )
+        measured: dict[str, dict[tuple[int, int], dict[str, float]]] = {}
+        only = self.args.only.split(",") if self.args.only else list(commands)
+        for name, (cmd, env) in commands.items():
+            if name not in only and name != "fraudops":  # the floor answers what fraudops answers
+                continue
+            if name.startswith("floor"):  # one server per body size: fraudops' answers, byte for byte
+                parts = {}
+                for n, answer in ((1, answers["fraudops"][0]), (100, answers["fraudops"][-1])):
+                    body = self.logs / f"{label}_answer_{n}.json"
+                    body.write_bytes(answer)
+                    fenv = {**self.env, **env, "BENCH_FLOOR_BODY_FILE": str(body)}
+                    extra = [] if "granian" in name else ["--body-file", str(body)]
+                    sizes = [sc for sc in SCENARIOS if sc[0] == n]
+                    parts.update(self.measure(name, [*cmd, *extra], fenv, bodies, sizes))
+                measured[name] = parts
+            else:
+                probe = collect(name) if name in ("fraudops", "mlflow native", "mlflow pyfunc") else None
+                measured[name] = self.measure(name, cmd, env, bodies, SCENARIOS, probe)
+        results = [
+            {
+                "model": label,
+                "rows": n,
+                "concurrency": c,
+                "servers": {name: m[(n, c)] for name, m in measured.items()},
+            }
+            for n, c in SCENARIOS
+        ]
+        info = {
+            "model_version": model_version,
+            "trees": int(model.booster.num_boosted_rounds()),
+            "features": len(features),
+            "native_model_uri": native_uri,
+            "agreement": agreement(answers),
+            "commands": {k: " ".join(v[0]) for k, v in commands.items()},
+            "runtimes_us": self.pinned(runtime_costs, model),
+        }
+        return results, info
+
+
+def agreement(answers: dict[str, list[bytes]]) -> dict[str, Any]:
+    """fraudops vs the pyfunc (bytes) and vs the native flavor (probabilities)."""
+    if "mlflow native" not in answers or "mlflow pyfunc" not in answers:
+        return {}
+    ours = [json.loads(a)["predictions"] for a in answers["fraudops"]]
+    p_ours = np.array([r["fraud_probability"] for batch in ours for r in batch])
+    native = np.array([p for a in answers["mlflow native"] for p in json.loads(a)["predictions"]])
+    return {
+        "requests": len(ours),
+        "rows": len(p_ours),
+        "pyfunc_identical_bytes": answers["fraudops"] == answers["mlflow pyfunc"],
+        "native_max_abs_probability_difference": float(np.max(np.abs(p_ours - native))),
     }
-    report = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average_before": load_before,
-            "load_average_after": load_after,
-        },
-        "versions": {p: version(p) for p in ("mlflow", "xgboost", "uvicorn", "numpy", "fraudops")},
-        "model": {"name": MODEL_NAME, "version": model_version, "trees": n_trees, "features": 30},
-        "servers": {"mlflow": " ".join(mlflow_cmd[2:]), "fraudops": " ".join(fraudops_cmd[2:])},
-        "load_tool": f"wrk {version_of_wrk()} (1 thread, closed loop, 64 rotating bodies)",
-        "fraudops_json_decoder": json_decoder(args.fraudops_extra_path),
-        "duration_s": args.duration,
-        "agreement": agreement,
-        "scenarios": results,
-        "runtimes_us": runtimes,
-        "checks": checks,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print_tables(report)
-    print(f"\nwrote {RESULTS}")
-    failed = [k for k, ok in checks.items() if not ok]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--demo-workspace", help="the demo's workspace (built when it has no champion)")
+    ap.add_argument("--large-workspace", help="the 300 × 30 champion's workspace (built when absent)")
+    ap.add_argument("--rows", type=int, default=12_000, help="rows of the synthetic training table")
+    ap.add_argument("--duration", type=int, default=3, help="seconds of one measured run")
+    ap.add_argument("--runs", type=int, default=3, help="measured runs per server and scenario (median)")
+    ap.add_argument("--warmup", type=int, default=1, help="seconds of load before the runs")
+    ap.add_argument("--server-cpu", default="0", help="the CPU the servers are pinned to")
+    ap.add_argument("--client-cpu", default="1", help="the CPU wrk is pinned to")
+    ap.add_argument("--granian-path", help="a folder holding granian (pip install --target DIR granian)")
+    ap.add_argument("--only", help="comma-separated servers to measure (fraudops always is), no targets")
+    ap.add_argument("--no-check", action="store_true", help="exit 0 even when a target is missed")
+    args = ap.parse_args()
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found: apt-get install -y wrk util-linux")
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench-serve-")
+    demo_root = Path(args.demo_workspace) if args.demo_workspace else Path(tmp.name) / "demo"
+    large_root = Path(args.large_workspace) if args.large_workspace else Path(tmp.name) / "large"
+    try:
+        champion(demo_root)
+    except Exception:
+        build_demo_workspace(demo_root)
+    try:
+        champion(large_root)
+    except Exception:
+        build_large_workspace(large_root, args.rows)
+    uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"uptime: {uptime_before}", flush=True)
+    t0 = time.monotonic()
+    logs = Path(tmp.name) / "logs"
+    logs.mkdir()
+    bench = Bench(args, logs)
+    results: list[dict[str, Any]] = []
+    models: dict[str, Any] = {}
+    for label, root in (("demo champion", demo_root), ("300 trees × 30", large_root)):
+        rows, info = bench.model(label, root)
+        results += rows
+        models[label] = info
+        print(json.dumps(info["agreement"]), flush=True)
+    uptime_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    servers = [s for s in [*SERVERS, "fraudops granian", "floor granian"] if s in results[0]["servers"]]
+    table = markdown_table(results, servers)
+    checks = check_targets(results, "demo champion") if not args.only else {}
+    for label, info in models.items():
+        if not (a := info["agreement"]):
+            continue
+        checks[f"{label}: pyfunc answers byte-identical"] = a["pyfunc_identical_bytes"]
+        checks[f"{label}: native probabilities within 1e-6"] = (
+            a["native_max_abs_probability_difference"] <= 1e-6
+        )
+    checks["no failed request"] = all(s["errors"] == 0 for r in results for s in r["servers"].values())
+    print(f"\n{table}\n\nuptime before: {uptime_before}\nuptime after:  {uptime_after}")
+    print(f"measured in {time.monotonic() - t0:.0f} s")
+    print("\n| runtime, one thread (µs per call) | 1 row | 100 rows |\n|---|---:|---:|")
+    for label, info in models.items():
+        for name, cost in info["runtimes_us"].items():
+            print(f"| {label}: {name} | {cost['1_rows_us']:,.0f} | {cost['100_rows_us']:,.0f} |")
     for k, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {k}")
+    report = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(
+            "mlflow", "xgboost", "uvicorn", "fraudops", uptime_before=uptime_before, uptime_after=uptime_after
+        ),
+        "setup": {
+            "server_cpu": args.server_cpu,
+            "client_cpu": args.client_cpu,
+            "wrk": "1 thread, keep-alive, 64 rotating bodies",
+            "duration_s": args.duration,
+            "runs": args.runs,
+            "warmup_s": args.warmup,
+            "OMP_NUM_THREADS": 1,
+        },
+        "models": models,
+        "results": results,
+        "table": table,
+        "checks": checks,
+    }
+    code = finish(RESULTS, report, [] if args.no_check else [k for k, ok in checks.items() if not ok])
     tmp.cleanup()
-    return 1 if failed and not args.no_check else 0
-
-
-def json_decoder(extra_path: str | None) -> str:
-    code = "import orjson; print('orjson')"
-    env = {**os.environ, **({"PYTHONPATH": extra_path} if extra_path else {})}
-    return subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True
-    ).stdout.strip()
-
-
-def version_of_wrk() -> str:
-    out = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
-    words = (out.stdout + out.stderr).split()
-    return words[1] if len(words) > 1 else "?"
-
-
-def print_tables(report: dict[str, Any]) -> None:
-    head = [
-        "scenario",
-        "mlflow req/s",
-        "mlflow p50 / p99 ms",
-        "fraudops req/s",
-        "fraudops p50 / p99 ms",
-        "req/s ratio",
-        "server CPU ms/request (mlflow / fraudops)",
-    ]
-    print("\n| " + " | ".join(head) + " |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for r in report["scenarios"]:
-        m, f = r["mlflow"], r["fraudops"]
-        print(
-            f"| {r['scenario']} | {m['req_per_s']:,.0f} | {m['p50_ms']:.1f} / {m['p99_ms']:.1f} | "
-            f"{f['req_per_s']:,.0f} | {f['p50_ms']:.2f} / {f['p99_ms']:.2f} | {r['throughput_ratio']:.0f}× | "
-            f"{m['server_cpu_ms_per_request']:.2f} / {f['server_cpu_ms_per_request']:.2f} "
-            f"({r['cpu_per_request_ratio']:.0f}×) |"
-        )
-    print("\n| runtime (one call, µs) | 1 row | 16 rows | 100 rows |")
-    print("|---|---:|---:|---:|")
-    for name, costs in report["runtimes_us"].items():
-        cells = " | ".join(f"{costs[f'{n}_rows_us']:,.0f}" for n in (1, 16, 100))
-        print(f"| {name} | {cells} |")
+    return code
 
 
 if __name__ == "__main__":
