@@ -180,6 +180,15 @@ class MonitorConfig(Section):
     min_rows: int = Field(1000, ge=1)
     min_frauds: int = Field(20, ge=1)
     bins: int = Field(10, ge=2)
+    estimated_decay: bool = Field(
+        True,
+        description="without enough labels, decide on performance estimated from calibrated scores (CBPE)",
+    )
+    estimated_ap_tolerance: float = Field(
+        0.2, ge=0, lt=1, description="relative drop of estimated AP (vs the reference window's) that fires"
+    )
+    estimate_samples: int = Field(200, ge=10, description="label draws behind each estimate and its band")
+    estimate_band: float = Field(0.95, gt=0, lt=1, description="central share of the draws in the band")
 
 
 class PipelineConfig(Section):

@@ -26,7 +26,6 @@ def build() -> typer.Typer:
         ("run", pipeline.run_pipeline),
         ("trigger", pipeline.trigger),
         ("batch", pipeline.batch),
-        ("monitor", pipeline.monitor),
         ("reset", workspace.reset),
         ("ui", workspace.ui),
         ("demo", demo.demo),
@@ -36,6 +35,7 @@ def build() -> typer.Typer:
     app.add_typer(data.app, name="data")
     app.add_typer(models.champion_app, name="champion")
     app.add_typer(pipeline.executions_app, name="executions")
+    app.add_typer(pipeline.monitor_app, name="monitor")
     app.add_typer(aws.export_app, name="export")
     app.add_typer(aws.sagemaker_app, name="sagemaker")
     return app

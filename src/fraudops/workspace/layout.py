@@ -36,6 +36,8 @@ DECISION_CSV = f"{DECISION_DIR}/retrain_decision.csv"
 DECISION_JSON = f"{DECISION_DIR}/retrain_decision.json"
 TRIGGER_STATE = f"{DECISION_DIR}/trigger_state.json"
 REPORT_HTML = f"{MONITORING}/report.html"
+ESTIMATED_CSV = f"{MONITORING}/metrics/estimated_performance.csv"
+MONITORING_HISTORY = f"{MONITORING}/history/monitoring_history.parquet"
 
 # fraudops' own state
 STATE_DIR = ".fraudops"
