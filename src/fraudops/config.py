@@ -214,6 +214,18 @@ class ServeConfig(Section):
     )
 
 
+class DashboardConfig(Section):
+    """``fraudops dashboard``; it asks for serve.api_key when that is set."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8090, gt=0, lt=65536)
+    mlflow_url: str | None = Field(
+        "http://127.0.0.1:5000", description="MLflow UI for run links (`fraudops ui`); null = no links"
+    )
+    alert_limit: int = Field(100, gt=0, description="alerts shown in the queue, highest score first")
+    cache_seconds: float = Field(5.0, ge=0, description="how long MLflow answers are reused")
+
+
 class Settings(BaseSettings):
     """Everything fraudops can be told. ``workspace`` is where fraudops.yaml lives."""
 
@@ -232,6 +244,7 @@ class Settings(BaseSettings):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
 
     @classmethod
     def settings_customise_sources(

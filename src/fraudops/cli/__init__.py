@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fraudops.cli import aws, data, demo, models, pipeline, serve, workspace
+from fraudops.cli import aws, dashboard, data, demo, models, pipeline, serve, workspace
 
 
 def build() -> typer.Typer:
@@ -30,6 +30,7 @@ def build() -> typer.Typer:
         ("ui", workspace.ui),
         ("demo", demo.demo),
         ("serve", serve.serve),
+        ("dashboard", dashboard.dashboard),
     ):
         app.command(name)(fn)
     app.add_typer(data.app, name="data")

@@ -2,8 +2,9 @@
 
 With calibrated scores, a row scored p is a fraud with probability p. Sampling labels from the scores many
 times gives the distribution of what the precision, recall and average precision at the threshold would be
-once the labels arrive: its mean is the estimate, its central ``band`` share the uncertainty band. The
-alert volume is known exactly (rows scored >= threshold).
+once the labels arrive: its mean is the estimate (for precision, the exact expectation: the mean score of
+the alerts), its central ``band`` share the uncertainty band. The alert volume is known exactly (rows
+scored >= threshold).
 
 This holds while the relation between inputs and fraud stays as it was at calibration (covariate shift
 only). Under concept drift — a new fraud pattern the model scores low — the scores no longer say how
@@ -75,6 +76,8 @@ def estimate(
             continue
         out[f"est_{m}"] = float(v.mean())
         out[f"est_{m}_low"], out[f"est_{m}_high"] = (float(q) for q in np.quantile(v, [lo, hi]))
+    if out["alerts"]:  # exact: the expected share of frauds among the alerts
+        out["est_precision"] = float(pa[pa >= threshold].mean())
     return out
 
 

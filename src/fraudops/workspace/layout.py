@@ -12,6 +12,10 @@ CONFIG_FILE = "fraudops.yaml"
 RAW = "data/raw"
 PROD_INPUTS = "prod_inputs"
 CURRENT = "monitoring_inputs/current_data"
+VERDICTS = "monitoring_inputs/verdicts/verdicts.parquet"
+"""Analysts' verdicts on alerts (who, when, what), appended by the dashboard."""
+VERDICT_LABELS = f"{CURRENT}/analyst_verdicts.parquet"
+"""The verdicts as labelled transactions: current data that monitoring and retraining count as labels."""
 
 # training, registry and batch outputs
 PREDICTIONS = "prod_outputs/predictions"
