@@ -104,9 +104,17 @@ def daily(
     days: list[str], p: np.ndarray, y: np.ndarray | None, threshold: float, *, samples: int, band: float
 ) -> list[dict[str, Any]]:
     """Per monitored window (a calendar day): rows, alerts, the estimates with their bands and, for a day
-    whose rows are all labelled, the realized metrics and whether each lies in its band."""
+    whose rows are all labelled, the realized metrics and whether each lies in its band.
+
+    Fraud comes in bursts (a compromised card or terminal), so labels are not independent given the
+    scores and the days vary more than independent draws say. Each band is therefore widened by how far
+    the realized values of the *earlier* fully labelled days fell from their estimates (the root mean
+    square of (realized - estimate) / half-band, when above 1; ``<metric>_band_scale``): learned only from
+    the past, as labels arrive, never from the day itself.
+    """
     labels = np.full(p.size, np.nan) if y is None else np.asarray(y, dtype=np.float64)
     day_arr = np.asarray(days)
+    errors: dict[str, list[float]] = {m: [] for m in METRICS}
     out = []
     for i, day in enumerate(sorted(set(days))):
         m = day_arr == day
@@ -116,9 +124,18 @@ def daily(
         full = row["n_labelled"] == known.size and known.size > 0
         got = realized(known.astype(np.int8), p[m], threshold) if full else {}
         for metric in METRICS:
+            est, low, high = (row[f"est_{metric}{s}"] for s in ("", "_low", "_high"))
+            past = errors[metric]
+            scale = max(1.0, math.sqrt(sum(e * e for e in past) / len(past))) if past else 1.0
+            low, high = est - scale * (est - low), est + scale * (high - est)
+            row[f"est_{metric}_low"], row[f"est_{metric}_high"] = low, high
+            row[f"{metric}_band_scale"] = scale
             value = got.get(metric, math.nan)
             row[f"realized_{metric}"] = value
-            row[f"{metric}_within_band"] = within(value, row[f"est_{metric}_low"], row[f"est_{metric}_high"])
+            row[f"{metric}_within_band"] = within(value, low, high)
+            half = (high - low) / (2.0 * scale)
+            if math.isfinite(value) and math.isfinite(est) and half > 0:
+                errors[metric].append((value - est) / half)
         out.append(row)
     return out
 
