@@ -75,7 +75,7 @@ def free_port() -> int:
 def measure(workspace: str, requests: int) -> dict[str, Any]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fraudops", "dashboard", "-w", workspace, "--port", str(port)],
+        [sys.executable, "-m", "fraudops.cli", "dashboard", "-w", workspace, "--port", str(port)],
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -119,7 +119,7 @@ def main() -> int:
     workspace = args.workspace
     if workspace is None:
         workspace = str(Path(tempfile.mkdtemp()) / "demo")
-        subprocess.run([sys.executable, "-m", "fraudops", "demo", workspace], check=True)
+        subprocess.run([sys.executable, "-m", "fraudops.cli", "demo", workspace], check=True)
     n_exec = pad_executions(workspace, args.executions)
     n_runs = pad_history(workspace, args.runs)
     load = os.getloadavg()

@@ -455,7 +455,7 @@ def start_dashboard(workspace: str, folder: Path, env: dict[str, str] | None = N
     cmd = [
         sys.executable,
         "-m",
-        "fraudops",
+        "fraudops.cli",
         "dashboard",
         "-w",
         workspace,

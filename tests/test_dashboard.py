@@ -31,7 +31,7 @@ ARTIFACTS = Path(__file__).parents[1] / ".artifacts" / "dashboard"
 def demo_ws(tmp_path_factory: pytest.TempPathFactory) -> str:
     """`fraudops demo` with few cards and trees: three executions, two champions, monitoring history."""
     ws = str(tmp_path_factory.mktemp("dash") / "demo")
-    result = CliRunner().invoke(build(), ["demo", ws, "--customers", "200", "--trees", "15"])
+    result = CliRunner().invoke(build(), ["demo", ws, "--customers", "300", "--trees", "20"])
     assert result.exit_code == 0, result.output
     return ws
 
@@ -66,6 +66,7 @@ def test_the_dashboard_in_a_real_browser(demo_ws: str, server: Dashboard):
         browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(90_000)  # a loaded CI machine
             # without the key every page leads to the login form
             page.goto(f"{server.url}/executions")
             assert page.url.endswith("/login")

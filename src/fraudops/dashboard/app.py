@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 
 from fraudops.config import Settings
 from fraudops.dashboard import data, verdicts
-from fraudops.data.schema import CUSTOMER, TX_ID
+from fraudops.data.schema import CUSTOMER
 from fraudops.errors import FraudopsError
 from fraudops.workspace.storage import Storage
 
@@ -131,20 +131,16 @@ class Dashboard:
         tx = request.path_params["tx"]
 
         def load() -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-            import polars as pl
-
             scored = self._scored()
-            rows = scored.filter(pl.col(TX_ID) == tx) if scored.height else scored
-            if not rows.height:
-                return None, []
-            row = rows.row(0, named=True)
-            return row, data.card_transactions(scored, row.get(CUSTOMER))
+            row = data.find(scored, tx)
+            return row, [] if row is None else data.card_transactions(scored, row.get(CUSTOMER))
 
         row, card = await self.threaded(load)
         if row is None:
             return self.page("missing", what=f"transaction {tx}", hint="not among the scored transactions")
         reasons = [row[c] for c in data.REASONS if row.get(c)]
-        return self.page("alert", row=row, reasons=reasons, card=card)
+        shown = {k: v for k, v in row.items() if k != data.KEY}
+        return self.page("alert", tx=tx, row=shown, reasons=reasons, card=card)
 
     async def verdict(self, request: Request) -> Response:
         try:
@@ -156,13 +152,10 @@ class Dashboard:
             return JSONResponse({"error": f"request body: {e}"}, status_code=400)
 
         def store() -> dict[str, Any] | None:
-            import polars as pl
-
-            scored = self._scored()
-            rows = scored.filter(pl.col(TX_ID) == tx) if scored.height else scored
-            if not rows.height:
-                return None
-            return verdicts.record(self.storage, self.settings, rows.row(0, named=True), verdict, analyst)
+            row = data.find(self._scored(), tx)
+            return (
+                None if row is None else verdicts.record(self.storage, self.settings, row, verdict, analyst)
+            )
 
         try:
             entry = await self.threaded(store)

@@ -30,6 +30,8 @@ CAPTURE = "prod_outputs/capture"
 """Captured online traffic (hourly Parquet files under this folder), when the serving side writes it."""
 REASONS = ("reason_1", "reason_2", "reason_3")
 SCORE_NAMES = (PROBABILITY, "probability")
+KEY = "_key"
+"""The transaction id as text: how pages, verdicts and files of different id types refer to a transaction."""
 
 
 class Cache:
@@ -218,8 +220,14 @@ def _canonical(frame: pl.DataFrame, settings: Settings, source: str) -> pl.DataF
     if TX_TIME in frame.columns and frame.schema[TX_TIME] == pl.String:
         frame = frame.with_columns(pl.col(TX_TIME).str.to_datetime(strict=False))
     return frame.with_columns(
-        pl.col(TX_ID).cast(pl.String), pl.col(FLAG).cast(pl.Int8), pl.lit(source).alias("source")
+        pl.col(TX_ID).cast(pl.String).alias(KEY), pl.col(FLAG).cast(pl.Int8), pl.lit(source).alias("source")
     )
+
+
+def find(scored_rows: pl.DataFrame, tx: str) -> dict[str, Any] | None:
+    """The scored row of transaction ``tx`` (its id as text), or None."""
+    rows = scored_rows.filter(pl.col(KEY) == tx) if scored_rows.height else scored_rows
+    return rows.row(0, named=True) if rows.height else None
 
 
 def scored(storage: Storage, settings: Settings, cache: Cache) -> pl.DataFrame:
@@ -237,7 +245,7 @@ def scored(storage: Storage, settings: Settings, cache: Cache) -> pl.DataFrame:
         if not frames:
             return pl.DataFrame()
         both = pl.concat(frames, how="diagonal_relaxed")
-        return both.unique(TX_ID, keep="last", maintain_order=True)
+        return both.unique(KEY, keep="last", maintain_order=True)
 
     result: pl.DataFrame = cache.get("scored", load, _signature(storage, files))
     return result
@@ -249,16 +257,16 @@ def alert_queue(scored_rows: pl.DataFrame, verdicts: pl.DataFrame, limit: int) -
         return []
     alerts = scored_rows.filter(pl.col(FLAG) == 1)
     if verdicts.height:
-        alerts = alerts.filter(~pl.col(TX_ID).is_in(verdicts["transaction_id"].implode()))
+        alerts = alerts.filter(~pl.col(KEY).is_in(verdicts["transaction_id"].implode()))
     keep = [
         c
-        for c in (TX_ID, TX_TIME, CUSTOMER, TERMINAL, AMOUNT, PROBABILITY, *REASONS, "source")
+        for c in (KEY, TX_TIME, CUSTOMER, TERMINAL, AMOUNT, PROBABILITY, *REASONS, "source")
         if c in alerts.columns
     ]
     top = alerts.sort(PROBABILITY, descending=True).head(limit).select(keep)
     return [
         {
-            "id": r[TX_ID],
+            "id": r[KEY],
             "time": str(r.get(TX_TIME) or ""),
             "card": r.get(CUSTOMER),
             "terminal": r.get(TERMINAL),
@@ -278,10 +286,10 @@ def card_transactions(scored_rows: pl.DataFrame, card: Any, limit: int = 10) -> 
     rows = scored_rows.filter(pl.col(CUSTOMER) == card)
     if TX_TIME in rows.columns:
         rows = rows.sort(TX_TIME, descending=True)
-    keep = [c for c in (TX_ID, TX_TIME, TERMINAL, AMOUNT, PROBABILITY, FLAG) if c in rows.columns]
+    keep = [c for c in (KEY, TX_TIME, TERMINAL, AMOUNT, PROBABILITY, FLAG) if c in rows.columns]
     return [
         {
-            "id": r[TX_ID],
+            "id": r[KEY],
             "time": str(r.get(TX_TIME) or ""),
             "terminal": r.get(TERMINAL),
             "amount": r.get(AMOUNT),

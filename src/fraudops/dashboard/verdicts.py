@@ -56,7 +56,7 @@ def label_row(row: dict[str, Any], settings: Settings, label: int) -> dict[str, 
             f"transaction {row.get(TX_ID)}: its scored row lacks {', '.join(missing)}, so it cannot become "
             "a label (keep these columns in the batch outputs: batch.join_columns)"
         )
-    skip = {*OUTPUT_COLUMNS, "source", "reason_1", "reason_2", "reason_3", "probability"}
+    skip = {*OUTPUT_COLUMNS, "source", "reason_1", "reason_2", "reason_3", "probability", "_key"}
     keep = (
         {c: v for c, v in row.items() if c in ROLES.values()}
         if settings.data.kind == "transactions"
@@ -78,7 +78,7 @@ def record(
     label = 1 if verdict == "fraud" else 0
     labelled = label_row(row, settings, label)
     entry = {
-        "transaction_id": str(row[TX_ID]),
+        "transaction_id": str(row["_key"]),
         "verdict": verdict,
         "label": label,
         "analyst": analyst,
@@ -95,7 +95,7 @@ def record(
         labels = _labels(storage, settings)
         fresh = pl.DataFrame([labelled]).with_columns(pl.col(LABEL).cast(pl.Int64))
         if labels.height:
-            labels = labels.filter(pl.col(TX_ID).cast(pl.String) != str(row[TX_ID]))
+            labels = labels.filter(pl.col(TX_ID).cast(pl.String) != entry["transaction_id"])
             fresh = fresh.cast({c: labels.schema[c] for c in fresh.columns if c in labels.columns})
             fresh = pl.concat([labels, fresh], how="diagonal_relaxed")
         storage.write_frame(layout.VERDICT_LABELS, to_file_columns(fresh, settings.data))
