@@ -8,6 +8,7 @@ their files change (same names, sizes and modification times).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -26,6 +27,8 @@ from fraudops.tracking.client import call, client, experiment_id
 from fraudops.workspace import layout
 from fraudops.workspace.storage import Storage
 
+log = logging.getLogger("fraudops.dashboard")
+
 CAPTURE = "prod_outputs/capture"
 """Captured online traffic (hourly Parquet files under this folder), when the serving side writes it."""
 REASONS = ("reason_1", "reason_2", "reason_3")
@@ -35,27 +38,41 @@ KEY = "_key"
 
 
 class Cache:
-    """Values kept for ``ttl`` seconds, or until a key (e.g. the files' signature) changes."""
+    """Values keyed by a signature (e.g. of the files they were read from: reread when it changes), or
+    without one kept for ``ttl`` seconds and then refreshed in the background while the old value is
+    served (stale-while-revalidate: a page never waits for MLflow once it has answered once)."""
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self.lock = threading.Lock()
         self.values: dict[str, tuple[float, Any, Any]] = {}
+        self.refreshing: set[str] = set()
 
     def get(self, name: str, make: Callable[[], Any], key: Any = None) -> Any:
-        now = time.monotonic()
         with self.lock:
             hit = self.values.get(name)
-        if hit is not None and hit[1] == key and (key is not None or now - hit[0] < self.ttl):
+            if hit is not None and key is None and time.monotonic() - hit[0] >= self.ttl:
+                if name not in self.refreshing:
+                    self.refreshing.add(name)
+                    threading.Thread(target=self._refresh, args=(name, make), daemon=True).start()
+                return hit[2]
+        if hit is not None and hit[1] == key:
             return hit[2]
         value = make()
         with self.lock:
-            self.values[name] = (now, key, value)
+            self.values[name] = (time.monotonic(), key, value)
         return value
 
-    def clear(self, name: str) -> None:
-        with self.lock:
-            self.values.pop(name, None)
+    def _refresh(self, name: str, make: Callable[[], Any]) -> None:
+        try:
+            value = make()
+            with self.lock:
+                self.values[name] = (time.monotonic(), None, value)
+        except Exception:  # the old value stays; the next request tries again
+            log.warning("dashboard: refreshing %s failed", name, exc_info=True)
+        finally:
+            with self.lock:
+                self.refreshing.discard(name)
 
 
 def _finite(v: Any) -> Any:
