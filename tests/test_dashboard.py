@@ -56,6 +56,7 @@ def _canvas_ink(page: object, selector: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the demo fixture: about a minute alone, much longer on a loaded machine
 def test_the_dashboard_in_a_real_browser(demo_ws: str, server: Dashboard):
     from playwright.sync_api import sync_playwright
 

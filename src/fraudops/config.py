@@ -223,7 +223,9 @@ class DashboardConfig(Section):
         "http://127.0.0.1:5000", description="MLflow UI for run links (`fraudops ui`); null = no links"
     )
     alert_limit: int = Field(100, gt=0, description="alerts shown in the queue, highest score first")
-    cache_seconds: float = Field(5.0, ge=0, description="how long MLflow answers are reused")
+    cache_seconds: float = Field(
+        5.0, ge=0, description="MLflow answers older than this are refreshed in the background"
+    )
 
 
 class Settings(BaseSettings):
