@@ -41,7 +41,8 @@ DECISION_JSON = f"{DECISION_DIR}/retrain_decision.json"
 TRIGGER_STATE = f"{DECISION_DIR}/trigger_state.json"
 REPORT_HTML = f"{MONITORING}/report.html"
 ESTIMATED_CSV = f"{MONITORING}/metrics/estimated_performance.csv"
-MONITORING_HISTORY = f"{MONITORING}/history/monitoring_history.parquet"
+MONITORING_HISTORY_DIR = f"{MONITORING}/history"
+MONITORING_HISTORY = f"{MONITORING_HISTORY_DIR}/monitoring_history.parquet"
 
 # fraudops' own state
 STATE_DIR = ".fraudops"
@@ -56,6 +57,7 @@ FOLDERS = (
     f"{MONITORING}/drift",
     f"{MONITORING}/metrics",
     DECISION_DIR,
+    MONITORING_HISTORY_DIR,
 )
 """What ``fraudops init`` creates."""
 
