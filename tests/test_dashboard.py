@@ -172,4 +172,5 @@ def test_monitor_history_command(demo_ws: str):
     assert result.exit_code == 0, result.output
     table = Storage(demo_ws).read_frame(MONITORING_HISTORY)
     assert f"monitoring history ({table.height} runs)" in result.output
-    assert "estimated_average_precision" in result.output.replace("\n", "")
+    for alerts, decision in table.select("alerts", "retraining_required").rows():
+        assert f"{alerts:,}" in result.output and decision in result.output

@@ -234,7 +234,10 @@ def monitor_history(
         return
     scalar = [c for c in table_.columns if not table_.schema[c].is_nested()]
     columns = scalar if all_columns else [c for c in history.SUMMARY_COLUMNS if c in table_.columns]
-    rows = table_.tail(last).select(columns).to_dicts()
+    short = {c: c.replace("estimated_average_precision", "est. AP").replace("_", " ") for c in columns}
+    short |= {"realized_average_precision": "realized AP", "retraining_required": "retrain"}
+    shown = [short.get(c, c) for c in columns]
+    rows = [dict(zip(shown, r, strict=True)) for r in table_.tail(last).select(columns).rows()]
     for r in rows:
-        r["monitored_at"] = when(r.get("monitored_at"))
-    console.print(table(f"monitoring history ({table_.height} runs)", rows, columns))
+        r["monitored at"] = when(r.get("monitored at"))
+    console.print(table(f"monitoring history ({table_.height} runs)", rows, shown))
