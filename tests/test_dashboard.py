@@ -4,7 +4,6 @@ ASGI app for the error cases."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,12 +132,9 @@ def test_the_dashboard_in_a_real_browser(demo_ws: str, server: Dashboard):
     assert verdict_rows.height == 3 and verdict_rows[LABEL].null_count() == 0
 
 
-def test_api_key_and_bad_verdicts(demo_ws: str):
-    os.environ["FRAUDOPS_SERVE__API_KEY"] = KEY
-    try:
-        settings = load_settings(demo_ws)
-    finally:
-        del os.environ["FRAUDOPS_SERVE__API_KEY"]
+def test_api_key_and_bad_verdicts(demo_ws: str, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("FRAUDOPS_SERVE__API_KEY", KEY)
+    settings = load_settings(demo_ws)
     client = TestClient(create_app(settings, Storage(settings.workspace)), follow_redirects=False)
     assert client.get("/monitoring").status_code == 303
     assert client.post("/api/verdicts", json={}).status_code == 401
