@@ -419,3 +419,67 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+"""real-servers.md: without these Chromium keeps trying to reach outside hosts on this closed network."""
+
+
+def chromium() -> str:
+    """Debian's Chromium, or a failure naming the package (`make system-deps` installs it)."""
+    if not Path(CHROMIUM).exists():
+        raise ServerError(
+            f"{CHROMIUM} not found: install the Debian package 'chromium' (make system-deps does)"
+        )
+    return CHROMIUM
+
+
+class Dashboard:
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.proc, self.url, self.log = proc, url, log
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def start_dashboard(workspace: str, folder: Path, env: dict[str, str] | None = None) -> Dashboard:
+    """`fraudops dashboard` as a process of its own on a free loopback port."""
+    port = free_port()
+    log = folder / "dashboard.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "fraudops.cli",
+        "dashboard",
+        "-w",
+        workspace,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    url = f"http://{HOST}:{port}"
+    try:
+        _wait("fraudops dashboard", lambda: _http_ok(f"{url}/health"), proc, log, 60)
+    except ServerError:
+        _stop(proc)
+        raise
+    return Dashboard(proc, url, log)

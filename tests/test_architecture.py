@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
     {"monitoring"},
     {"serving"},
     {"pipeline"},
+    {"dashboard"},
     {"aws"},
     {"demo"},
     {"cli"},

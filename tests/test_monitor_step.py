@@ -56,6 +56,8 @@ OUTPUT_FILES = {
     "metrics/performance_metrics.csv",
     "metrics/reference_metrics.json",
     "metrics/current_metrics.json",
+    "metrics/estimated_performance.csv",
+    "history/monitoring_history.parquet",
     "retraining_decision/retrain_decision.csv",
     "retraining_decision/retrain_decision.json",
     "report.html",

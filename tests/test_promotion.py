@@ -40,7 +40,13 @@ from fraudops.workspace.layout import RAW
 from fraudops.workspace.storage import Storage
 
 SMALL_XGB = {"n_estimators": 40, "max_depth": 3, "learning_rate": 0.3, "early_stopping_rounds": 10}
-PLOTS = {"pr_curve.png", "roc_curve.png", "confusion_matrix.png", "feature_importances.png"}
+PLOTS = {
+    "pr_curve.png",
+    "roc_curve.png",
+    "confusion_matrix.png",
+    "feature_importances.png",
+    "reliability.png",
+}
 UNREACHABLE = "http://127.0.0.1:9"
 
 

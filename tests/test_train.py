@@ -26,7 +26,7 @@ from fraudops.data.loading import fingerprint
 from fraudops.data.schema import CUSTOMER, LABEL, TX_ID, TX_TIME
 from fraudops.data.simulate import simulate
 from fraudops.errors import FraudopsError
-from fraudops.modeling import evaluate, splits, train
+from fraudops.modeling import calibration, evaluate, splits, train
 from fraudops.tracking.client import client, experiment_id
 from fraudops.workspace import init_workspace
 from fraudops.workspace.layout import CURRENT, DECISION_JSON, PREDICTIONS, PROD_INPUTS
@@ -300,6 +300,18 @@ def test_threshold_is_chosen_on_validation_and_stored(trained: train.Trained):
     assert trained.metrics["average_precision"] == pytest.approx(
         evaluate.average_precision(trained.y_test, p)
     )
+
+
+def test_scores_are_calibrated_on_validation_without_changing_the_ranking(trained: train.Trained):
+    cal = trained.calibration
+    assert cal["method"] == trained.model.calibration["method"] in ("isotonic", "platt")
+    raw = trained.model.raw_proba(trained.test_frame)
+    np.testing.assert_array_equal(trained.model.calibrate(raw), trained.p_test)
+    for metric in (evaluate.average_precision, evaluate.roc_auc):
+        assert metric(trained.y_test, trained.p_test) == metric(trained.y_test, raw)
+    assert cal["test_ece"] == pytest.approx(calibration.ece(trained.y_test, trained.p_test))
+    assert cal["test_ece"] < cal["test_ece_uncalibrated"]
+    assert sum(c["n"] for c in cal["reliability"]) == len(trained.y_test)
 
 
 def test_result_metrics_and_data_description(tx: pl.DataFrame, trained: train.Trained):

@@ -180,6 +180,15 @@ class MonitorConfig(Section):
     min_rows: int = Field(1000, ge=1)
     min_frauds: int = Field(20, ge=1)
     bins: int = Field(10, ge=2)
+    estimated_decay: bool = Field(
+        True,
+        description="without enough labels, decide on performance estimated from calibrated scores (CBPE)",
+    )
+    estimated_ap_tolerance: float = Field(
+        0.2, ge=0, lt=1, description="relative drop of estimated AP (vs the reference window's) that fires"
+    )
+    estimate_samples: int = Field(200, ge=10, description="label draws behind each estimate and its band")
+    estimate_band: float = Field(0.95, gt=0, lt=1, description="central share of the draws in the band")
 
 
 class PipelineConfig(Section):
@@ -205,6 +214,20 @@ class ServeConfig(Section):
     )
 
 
+class DashboardConfig(Section):
+    """``fraudops dashboard``; it asks for serve.api_key when that is set."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8090, gt=0, lt=65536)
+    mlflow_url: str | None = Field(
+        "http://127.0.0.1:5000", description="MLflow UI for run links (`fraudops ui`); null = no links"
+    )
+    alert_limit: int = Field(100, gt=0, description="alerts shown in the queue, highest score first")
+    cache_seconds: float = Field(
+        5.0, ge=0, description="MLflow answers older than this are refreshed in the background"
+    )
+
+
 class Settings(BaseSettings):
     """Everything fraudops can be told. ``workspace`` is where fraudops.yaml lives."""
 
@@ -223,6 +246,7 @@ class Settings(BaseSettings):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fraudops.cli import aws, data, demo, models, pipeline, serve, workspace
+from fraudops.cli import aws, dashboard, data, demo, models, pipeline, serve, workspace
 
 
 def build() -> typer.Typer:
@@ -26,16 +26,17 @@ def build() -> typer.Typer:
         ("run", pipeline.run_pipeline),
         ("trigger", pipeline.trigger),
         ("batch", pipeline.batch),
-        ("monitor", pipeline.monitor),
         ("reset", workspace.reset),
         ("ui", workspace.ui),
         ("demo", demo.demo),
         ("serve", serve.serve),
+        ("dashboard", dashboard.dashboard),
     ):
         app.command(name)(fn)
     app.add_typer(data.app, name="data")
     app.add_typer(models.champion_app, name="champion")
     app.add_typer(pipeline.executions_app, name="executions")
+    app.add_typer(pipeline.monitor_app, name="monitor")
     app.add_typer(aws.export_app, name="export")
     app.add_typer(aws.sagemaker_app, name="sagemaker")
     return app

@@ -152,6 +152,7 @@ def demo(
         ("monitoring report", storage.uri(REPORT_HTML)),
         ("MLflow UI", f"fraudops ui -w {w}   (then http://127.0.0.1:5000)"),
         ("scoring endpoint", f"fraudops serve -w {w}"),
+        ("dashboard", f"fraudops dashboard -w {w}   (then http://127.0.0.1:8090)"),
         ("start over", f"fraudops demo {w} --force   ·   fraudops reset -w {w}"),
     ):
         console.print(f"  {label:<18} {value}", highlight=False)

@@ -72,7 +72,8 @@ def champion_show(workspace: WorkspaceOpt = ".") -> None:
     if not info["versions"]:
         console.print(f"no versions of {info['model']} yet")
         return
-    console.print(table(f"{info['model']} (aliases: {info['aliases']})", info["versions"]))
+    versions = [{k: v for k, v in r.items() if k != "reasons"} for r in info["versions"]]
+    console.print(table(f"{info['model']} (aliases: {info['aliases']})", versions))
 
 
 @champion_app.command("rollback")

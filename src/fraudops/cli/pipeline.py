@@ -201,8 +201,43 @@ def batch(workspace: WorkspaceOpt = ".") -> None:
     console.print(table("totals", out.get("totals", {})))
 
 
+monitor_app = typer.Typer(
+    help="Monitoring: judge the champion on new data (no sub-command), or show the history of the runs.",
+    invoke_without_command=True,
+)
+
+
+@monitor_app.callback()
 @handle_errors
-def monitor(workspace: WorkspaceOpt = ".") -> None:
+def monitor(ctx: typer.Context, workspace: WorkspaceOpt = ".") -> None:
     """Compare current data with the champion's reference; write drift, performance and the decision."""
+    if ctx.invoked_subcommand is not None:
+        return
     settings, storage = open_workspace(workspace)
     print_outputs("monitoring", run_one(settings, storage, "monitor", workspace))
+
+
+@monitor_app.command("history")
+@handle_errors
+def monitor_history(
+    workspace: WorkspaceOpt = ".",
+    last: Annotated[int, typer.Option(help="Newest runs to show.")] = 20,
+    all_columns: Annotated[bool, typer.Option("--all", help="Every scalar column, not the summary.")] = False,
+) -> None:
+    """Every monitoring run's figures, oldest first: drift, realized and estimated AP, alerts, decision."""
+    from fraudops.monitoring import history
+
+    _, storage = open_workspace(workspace)
+    table_ = history.read(storage)
+    if not table_.height:
+        console.print(f"no monitoring runs yet in {storage.uri()} (run `fraudops monitor`)")
+        return
+    scalar = [c for c in table_.columns if not table_.schema[c].is_nested()]
+    columns = scalar if all_columns else [c for c in history.SUMMARY_COLUMNS if c in table_.columns]
+    short = {c: c.replace("estimated_average_precision", "est. AP").replace("_", " ") for c in columns}
+    short |= {"realized_average_precision": "realized AP", "retraining_required": "retrain"}
+    shown = [short.get(c, c) for c in columns]
+    rows = [dict(zip(shown, r, strict=True)) for r in table_.tail(last).select(columns).rows()]
+    for r in rows:
+        r["monitored at"] = when(r.get("monitored at"))
+    console.print(table(f"monitoring history ({table_.height} runs)", rows, shown))

@@ -1,6 +1,7 @@
 """The scoring model every consumer shares: training writes it, MLflow carries it, batch and serve load it.
 
-A :class:`FraudModel` holds its own preprocessing, the estimator and the operating threshold, so
+A :class:`FraudModel` holds its own preprocessing, the estimator, its calibration map
+(:mod:`fraudops.modeling.calibration`) and the operating threshold (on the calibrated probability), so
 ``fraud_probability`` and ``is_fraud`` are the same numbers in ``mlflow models serve``, ``fraudops batch``
 and ``fraudops serve``. One class per estimator kind, behind the one protocol of :class:`FraudModel`;
 :func:`load` reads any of them back from the folder :meth:`FraudModel.save` wrote.
@@ -18,6 +19,8 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
+from fraudops.modeling import calibration as cal
+
 META_FILE = "fraud_model.json"
 BOOSTER_FILE = "booster.ubj"
 OUTPUTS = ("fraud_probability", "is_fraud")
@@ -33,6 +36,7 @@ class FraudModel(ABC):
     feature_names: list[str]
     threshold: float
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
 
     def matrix(self, data: Frame) -> np.ndarray:
         """The model's input matrix (float32, columns in training order) from a frame or array."""
@@ -43,8 +47,16 @@ class FraudModel(ABC):
         return data[self.feature_names].to_numpy(dtype=np.float32)
 
     @abstractmethod
+    def raw_proba(self, data: Frame) -> np.ndarray:
+        """The estimator's own scores (float64), before calibration."""
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """Raw scores to calibrated probabilities: the one map batch, serving and monitoring share."""
+        return cal.apply(raw, self.calibration)
+
     def predict_proba(self, data: Frame) -> np.ndarray:
-        """Fraud probabilities (float64)."""
+        """Calibrated fraud probabilities (float64)."""
+        return self.calibrate(self.raw_proba(data))
 
     def predict(self, data: Frame) -> tuple[np.ndarray, np.ndarray]:
         p = self.predict_proba(data)
@@ -64,6 +76,7 @@ class FraudModel(ABC):
             "feature_names": self.feature_names,
             "threshold": self.threshold,
             "info": self.info,
+            "calibration": self.calibration,
         }
 
     @abstractmethod
@@ -84,7 +97,7 @@ class LogisticModel(FraudModel):
     def margin(self, x: np.ndarray) -> np.ndarray:
         return ((x.astype(np.float64) - self.mean) / self.scale) @ self.coef + self.intercept
 
-    def predict_proba(self, data: Frame) -> np.ndarray:
+    def raw_proba(self, data: Frame) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.margin(self.matrix(data))))
 
     def importances(self) -> dict[str, float]:
@@ -106,6 +119,7 @@ class LogisticModel(FraudModel):
             feature_names=meta["feature_names"],
             threshold=float(meta["threshold"]),
             info=meta.get("info", {}),
+            calibration=meta.get("calibration"),
             intercept=float(meta["intercept"]),
             **{k: np.asarray(meta[k], dtype=np.float64) for k in ("mean", "scale", "coef")},
         )
@@ -119,7 +133,7 @@ class XGBoostModel(FraudModel):
     kind: ClassVar[str] = "xgboost"
     booster: Any = None
 
-    def predict_proba(self, data: Frame) -> np.ndarray:
+    def raw_proba(self, data: Frame) -> np.ndarray:
         return self.booster.inplace_predict(self.matrix(data), validate_features=False).astype(np.float64)
 
     def importances(self) -> dict[str, float]:
@@ -148,6 +162,7 @@ class XGBoostModel(FraudModel):
             feature_names=meta["feature_names"],
             threshold=float(meta["threshold"]),
             info=meta.get("info", {}),
+            calibration=meta.get("calibration"),
             booster=booster,
         )
 

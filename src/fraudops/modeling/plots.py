@@ -92,6 +92,18 @@ def plot_importances(names: Sequence[str], values: Sequence[float], top: int = 2
     return fig
 
 
+def plot_reliability(curves: Mapping[str, Sequence[Mapping[str, float]]]) -> Figure:
+    """Reliability curves (fraud rate against mean score per bin), one line per named curve."""
+    fig = figure(5.0, 4.0)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="#999999", linestyle="--", linewidth=1, label="perfect")
+    for name, curve in curves.items():
+        ax.plot([c["mean_score"] for c in curve], [c["fraud_rate"] for c in curve], marker="o", label=name)
+    ax.set(xlabel="mean predicted probability", ylabel="observed fraud rate", title="Reliability")
+    ax.legend()
+    return fig
+
+
 def png_img(fig: Figure, dpi: int = 90) -> str:
     """The figure as an ``<img>`` with the PNG inline (a self-contained HTML page fetches nothing)."""
     buf = io.BytesIO()

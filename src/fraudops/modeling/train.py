@@ -22,7 +22,7 @@ from fraudops.context import StepContext, StepResult
 from fraudops.data.loading import fingerprint, load_labelled
 from fraudops.data.schema import CUSTOMER, LABEL, TX_TIME, model_inputs
 from fraudops.errors import FraudopsError
-from fraudops.modeling import evaluate, plots
+from fraudops.modeling import calibration, evaluate, plots
 from fraudops.modeling.model import FraudModel, LogisticModel, XGBoostModel
 from fraudops.modeling.pyfunc import log_model
 from fraudops.modeling.splits import Split, split
@@ -37,6 +37,7 @@ class Trained:
     metrics: dict[str, float]
     candidates: dict[str, dict[str, Any]]
     threshold_info: dict[str, Any]
+    calibration: dict[str, Any]
     windows: dict[str, str]
     data: dict[str, Any]
     y_test: np.ndarray
@@ -190,10 +191,22 @@ def train_models(df: pl.DataFrame, settings: Settings) -> Trained:
             **({"n_estimators": refit.info["n_estimators"]} if "n_estimators" in refit.info else {}),
         }
     best = max(candidates, key=lambda n: np.nan_to_num(candidates[n]["valid_average_precision"], nan=-1))
-    model, p_val = fitted[best]
+    model, raw_val = fitted[best]
+    # calibrated on the validation scores of the model fitted without them, like the threshold
+    model.calibration = calibration.fit(raw_val, y_val, seed=cfg.seed)
+    p_val = model.calibrate(raw_val)
     threshold, threshold_info = evaluate.choose_threshold(y_val, p_val, cfg.threshold, parts.n_valid_days)
     model.threshold = float(threshold)
-    p_test = model.predict_proba(x_test)
+    raw_test = model.raw_proba(x_test)
+    p_test = model.calibrate(raw_test)
+    calibration_info = {
+        "method": model.calibration["method"],
+        "validation_brier": model.calibration["validation_brier"],
+        "test_ece": calibration.ece(y_test, p_test),
+        "test_ece_uncalibrated": calibration.ece(y_test, raw_test),
+        "reliability": calibration.reliability(y_test, p_test),
+        "reliability_uncalibrated": calibration.reliability(y_test, raw_test),
+    }
     metrics = evaluate.evaluate(
         y_test, p_test, model.threshold, costs=cfg.threshold, frame=test_frame, k=cfg.top_k
     )
@@ -213,6 +226,7 @@ def train_models(df: pl.DataFrame, settings: Settings) -> Trained:
         metrics=metrics,
         candidates=candidates,
         threshold_info=threshold_info,
+        calibration=calibration_info,
         windows=parts.windows,
         data=data,
         y_test=y_test,
@@ -233,6 +247,8 @@ class TrainResult(StepResult):
     average_precision: float
     roc_auc: float
     card_precision_at_k: float | None = None
+    calibration: str | None = None
+    test_ece: float | None = None
     test_rows: int
     test_frauds: int
     windows: dict[str, str]
@@ -266,6 +282,16 @@ def log_training(
             }
         )
         mlflow.log_metrics(flat_metrics("test_", result.metrics))
+        cal = result.calibration
+        mlflow.log_param("calibration", cal["method"])
+        mlflow.log_metrics(
+            {
+                "test_ece": cal["test_ece"],
+                "test_ece_uncalibrated": cal["test_ece_uncalibrated"],
+                **{f"valid_brier_{m}": v for m, v in cal["validation_brier"].items()},
+            }
+        )
+        mlflow.log_dict(cal, "calibration.json")
         for name, cand in result.candidates.items():
             mlflow.log_metrics(flat_metrics(f"{name}.test_", cand["test"]))
             mlflow.log_metric(f"{name}.valid_average_precision", float(cand["valid_average_precision"]))
@@ -283,6 +309,12 @@ def log_training(
             (plots.plot_pr_curve(result.y_test, result.p_test), "plots/pr_curve.png"),
             (plots.plot_roc_curve(result.y_test, result.p_test), "plots/roc_curve.png"),
             (plots.plot_confusion(conf), "plots/confusion_matrix.png"),
+            (
+                plots.plot_reliability(
+                    {"calibrated": cal["reliability"], "uncalibrated": cal["reliability_uncalibrated"]}
+                ),
+                "plots/reliability.png",
+            ),
             (plots.plot_importances(list(names), list(values)), "plots/feature_importances.png"),
         ):
             mlflow.log_figure(fig, path)
@@ -307,6 +339,8 @@ def train_step(ctx: StepContext) -> TrainResult:
         average_precision=round(m["average_precision"], 4),
         roc_auc=round(m["roc_auc"], 4),
         card_precision_at_k=None if cp is None else round(cp, 4),
+        calibration=trained.calibration["method"],
+        test_ece=round(trained.calibration["test_ece"], 5),
         test_rows=int(m["n_rows"]),
         test_frauds=int(m["n_frauds"]),
         windows=trained.windows,

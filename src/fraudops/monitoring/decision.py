@@ -6,6 +6,10 @@
    :func:`~fraudops.monitoring.performance.performance`): current AP < reference AP x (1 - ap_tolerance), or
    current recall < reference recall x (1 - recall_tolerance). The reference is the champion's held-out TEST
    metrics from promotion time, never in-sample training metrics. Doing better never fires.
+1b. estimated performance decay (``estimated_decay``, only while the labels are insufficient): the AP
+   estimated from the calibrated scores (:mod:`~fraudops.monitoring.estimate`) of the current rows <
+   the AP estimated the same way on the reference window x (1 - estimated_ap_tolerance). Like with like:
+   both are estimates over all rows. ``estimated_metrics`` names the figures that are estimates.
 2. feature drift: the share of drifted features (:func:`~fraudops.monitoring.stats.drift_table`) >=
    drift_share.
 3. score drift: PSI of the model's scores >= score_psi_threshold.
@@ -62,6 +66,15 @@ class Decision(Span):
     reference_average_precision: float | None
     current_recall: float | None
     reference_recall: float | None
+    estimated_average_precision: float | None = None
+    estimated_average_precision_low: float | None = None
+    estimated_average_precision_high: float | None = None
+    estimated_reference_average_precision: float | None = None
+    estimated_precision: float | None = None
+    estimated_recall: float | None = None
+    alerts: int | None = None
+    estimated_metrics: list[str] = []
+    performance_source: Literal["realized", "estimated", "none"] = "none"
     model_version: int | None = None
     monitored_at: str | None = None
 
@@ -79,6 +92,10 @@ CSV_COLUMNS = (
     "reference_average_precision",
     "current_recall",
     "reference_recall",
+    "performance_source",
+    "estimated_average_precision",
+    "estimated_reference_average_precision",
+    "estimated_metrics",
     "window_start",
     "window_end",
     "n_rows",
@@ -121,6 +138,8 @@ def decide(
     reference_metrics: Mapping[str, Any],
     cfg: MonitorConfig,
     span: Span | None = None,
+    estimated: Mapping[str, Any] | None = None,
+    estimated_reference: Mapping[str, Any] | None = None,
 ) -> Decision:
     """The decision: ``reasons`` lists every rule that fired with its numbers, ``notes`` what was not
     assessed and why (e.g. too little labelled data)."""
@@ -152,6 +171,30 @@ def decide(
                 )
             elif cur > ref:
                 notes.append(f"{name} {cur:.4f} is better than the reference {ref:.4f} (not a trigger)")
+    realized_ok = perf is not None and perf_status == "ok"
+    est = _estimates(estimated, estimated_reference)
+    if not realized_ok and estimated:
+        est_ap, ref_est = est["estimated_average_precision"], est["estimated_reference_average_precision"]
+        band = f"band {num(estimated.get('est_average_precision_low')):.4f}-"
+        band += f"{num(estimated.get('est_average_precision_high')):.4f}"
+        if not cfg.estimated_decay:
+            notes.append("estimated performance not used for the decision (monitor.estimated_decay: false)")
+        elif est_ap is None or ref_est is None:
+            notes.append("estimated average precision not compared: undefined (no alerts or no frauds)")
+        else:
+            floor = ref_est * (1.0 - cfg.estimated_ap_tolerance)
+            if est_ap < floor:
+                reasons.append(
+                    f"estimated performance decay (CBPE, no labels yet): estimated average precision "
+                    f"{est_ap:.4f} ({band}) < estimated on the reference window {ref_est:.4f} x "
+                    f"(1 - {cfg.estimated_ap_tolerance:g}) = {floor:.4f}"
+                )
+            else:
+                notes.append(
+                    f"estimated average precision {est_ap:.4f} ({band}) vs {ref_est:.4f} estimated on the "
+                    "reference window: no decay (estimates assume no concept drift)"
+                )
+    source = "realized" if realized_ok else ("estimated" if estimated else "none")
     # 2. share of drifted features
     n_features = drift.height
     drifted = drift.filter(pl.col("drift_detected"))["feature"].to_list() if n_features else []
@@ -188,7 +231,28 @@ def decide(
         reference_average_precision=_finite(ref_ap),
         current_recall=_finite(cur_recall),
         reference_recall=_finite(ref_recall),
+        performance_source=source,
+        **est,
     )
+
+
+def _estimates(estimated: Mapping[str, Any] | None, reference: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The decision's estimated figures and which metrics they are (all estimated ones are named)."""
+    if not estimated:
+        return {}
+    out: dict[str, Any] = {
+        "estimated_average_precision": _finite(num(estimated.get("est_average_precision"))),
+        "estimated_average_precision_low": _finite(num(estimated.get("est_average_precision_low"))),
+        "estimated_average_precision_high": _finite(num(estimated.get("est_average_precision_high"))),
+        "estimated_reference_average_precision": _finite(num((reference or {}).get("est_average_precision"))),
+        "estimated_precision": _finite(num(estimated.get("est_precision"))),
+        "estimated_recall": _finite(num(estimated.get("est_recall"))),
+        "alerts": int(num(estimated.get("alerts"))),
+    }
+    out["estimated_metrics"] = [
+        k.removeprefix("estimated_") for k, v in out.items() if k.startswith("estimated_") and v is not None
+    ]
+    return out
 
 
 def _csv_value(value: Any) -> str:

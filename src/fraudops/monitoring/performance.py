@@ -11,6 +11,7 @@ import polars as pl
 
 from fraudops.config import MonitorConfig
 from fraudops.data.schema import CUSTOMER, TX_TIME
+from fraudops.modeling import calibration
 from fraudops.modeling import evaluate as ev
 
 NO_LABELS = "no labelled data"
@@ -60,6 +61,7 @@ def performance(
         "fraud_rate": n_frauds / n_rows if n_rows else math.nan,
         "average_precision": ev.average_precision(ya, pa) if n_rows else math.nan,
         "roc_auc": ev.roc_auc(ya, pa) if n_rows else math.nan,
+        "ece": calibration.ece(ya, pa),
         "threshold": float(threshold),
     }
     conf = ev.confusion_at(ya, pa, threshold)

@@ -19,6 +19,7 @@ import polars as pl
 
 from fraudops.config import MonitorConfig
 from fraudops.modeling import plots
+from fraudops.monitoring import estimate
 from fraudops.monitoring.decision import Decision
 from fraudops.monitoring.stats import DRIFT_COLUMNS
 
@@ -135,6 +136,49 @@ def score_chart(ref_scores: Any, cur_scores: Any) -> str:
     return plots.png_img(fig)
 
 
+def trend_chart(trend: pl.DataFrame) -> str | None:
+    """The monitoring history over runs: drift share, and realized against estimated AP with its band."""
+    if trend.height < 2:
+        return None
+    x = np.arange(1, trend.height + 1)
+    fig = plots.figure(7.5, 3.2)
+    ax = fig.add_subplot()
+    col = {c: _floats(trend[c]) for c in trend.columns if trend.schema[c].is_numeric()}
+    ax.fill_between(
+        x,
+        col["estimated_average_precision_low"],
+        col["estimated_average_precision_high"],
+        color=_CUR_COLOR,
+        alpha=0.2,
+        label="estimated AP band",
+    )
+    ax.plot(x, col["estimated_average_precision"], color=_CUR_COLOR, marker="o", label="estimated AP")
+    ax.plot(x, col["realized_average_precision"], color=_REF_COLOR, marker="s", label="realized AP")
+    ax.plot(x, col["drift_share"], color="#777777", linestyle="--", label="drift share")
+    ax.set(xlabel="monitoring run", ylabel="value", title="Monitoring history", ylim=(0, 1))
+    ax.legend(fontsize=7)
+    return plots.png_img(fig)
+
+
+def _trend_rows(trend: pl.DataFrame, last: int = 20) -> list[dict[str, Any]]:
+    keep = [
+        c
+        for c in (
+            "monitored_at",
+            "model_version",
+            "retraining_required",
+            "performance_source",
+            "drift_share",
+            "score_psi",
+            "realized_average_precision",
+            "estimated_average_precision",
+            "alerts",
+        )
+        if c in trend.columns
+    ]
+    return list(trend.select(keep).tail(last).iter_rows(named=True)) if trend.height else []
+
+
 def _sampled(frame: pl.DataFrame, seed: int) -> pl.DataFrame:
     return frame.sample(n=PLOT_SAMPLE, seed=seed) if frame.height > PLOT_SAMPLE else frame
 
@@ -152,6 +196,9 @@ def html_report(
     *,
     cfg: MonitorConfig | None = None,
     title: str = "fraudops monitoring report",
+    estimated: Mapping[str, Any] | None = None,
+    days: Sequence[dict[str, Any]] = (),
+    trend: pl.DataFrame | None = None,
 ) -> str:
     """The report page. ``ref_scores`` / ``cur_scores`` / ``perf`` may be None (section left out); with
     labels ``y`` (NaN = unlabelled, aligned with ``cur_scores``) the PR curve is drawn."""
@@ -182,8 +229,16 @@ def html_report(
             pr = plots.png_img(
                 plots.plot_pr_curve(labels, cur_scores, title="Precision-recall on current labelled data")
             )
+    trend = trend if trend is not None else pl.DataFrame()
+    covered, compared = estimate.coverage(list(days)) if days else (0, 0)
     return _template().render(
         title=title,
+        estimated=[(k, v) for k, v in (estimated or {}).items()],
+        days=list(days),
+        coverage=(covered, compared),
+        band=f"{cfg.estimate_band:.0%}",
+        trend_chart=trend_chart(trend) if trend.height else None,
+        trend_rows=_trend_rows(trend),
         decision=decision,
         performance=[(k, v) for k, v in (perf or {}).items() if not isinstance(v, list | dict)],
         drift_columns=[c for c in DRIFT_COLUMNS if c in drift_table.columns],

@@ -31,6 +31,8 @@ from fraudops.errors import DataValidationError, Problem
 from fraudops.modeling import evaluate
 from fraudops.modeling.model import FraudModel
 from fraudops.modeling.registry import champion
+from fraudops.monitoring import estimate
+from fraudops.monitoring import history as monitoring_history
 from fraudops.monitoring.decision import Decision, Span, decide, decision_csv, insufficient
 from fraudops.monitoring.performance import num, performance, performance_rows
 from fraudops.monitoring.report import html_report
@@ -133,10 +135,30 @@ def _span(judged: pl.DataFrame, ref: reference.Reference) -> Span:
     )
 
 
+def _estimates(
+    judged: pl.DataFrame,
+    scores: np.ndarray,
+    y: np.ndarray | None,
+    ref_scores: np.ndarray,
+    threshold: float,
+    cfg: Any,
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """CBPE on the judged rows, on the reference window (like with like for the decision) and per day."""
+    kw = {"samples": cfg.estimate_samples, "band": cfg.estimate_band}
+    current = estimate.estimate(scores, threshold, **kw)
+    on_reference = estimate.estimate(ref_scores, threshold, **kw)
+    days: list[dict[str, Any]] = []
+    if TX_TIME in judged.columns and isinstance(judged.schema[TX_TIME], pl.Datetime | pl.Date):
+        labels = y if y is not None else None
+        day_names = judged[TX_TIME].dt.date().cast(pl.String).to_list()
+        days = estimate.daily(day_names, scores, labels, threshold, **kw)
+    return current, on_reference, days
+
+
 def _judge(
     ctx: StepContext, model: FraudModel, ref: reference.Reference, ref_data: pl.DataFrame, version: int
 ) -> tuple[Decision, dict[str, Any], pl.DataFrame, pl.DataFrame | None, np.ndarray | None, np.ndarray | None]:
-    """(decision, performance, drift table, judged rows, their scores, their labels)."""
+    """(decision, current metrics, drift table, judged rows, their scores, their labels)."""
     settings, storage, cfg = ctx.settings, ctx.storage, ctx.settings.monitor
     names = model.feature_names
     current = load_current(storage, settings, model)
@@ -188,9 +210,19 @@ def _judge(
         perf = performance(
             y[kept], scores[kept], model.threshold, judged[kept], cfg=cfg, k=settings.train.top_k
         )
-    decision = decide(drift, score, perf, ref.metrics, cfg, span)
+    est, est_ref, days = _estimates(
+        judged, scores, y, ref_data[reference.SCORE].to_numpy(), model.threshold, cfg
+    )
+    decision = decide(drift, score, perf, ref.metrics, cfg, span, est, est_ref)
     decision.notes += notes
-    return decision, {"performance": perf, "score_drift": score}, drift, judged, scores, y
+    metrics = {
+        "performance": perf,
+        "score_drift": score,
+        "estimated": est,
+        "estimated_reference": est_ref,
+        "days": days,
+    }
+    return decision, metrics, drift, judged, scores, y
 
 
 def monitor_step(ctx: StepContext) -> MonitorResult:
@@ -205,6 +237,16 @@ def monitor_step(ctx: StepContext) -> MonitorResult:
     decision, current_metrics, drift, judged, scores, y = _judge(ctx, model, ref, ref_data, version)
     decision.model_version = version
     decision.monitored_at = dt.datetime.now(dt.UTC).isoformat()
+    days = current_metrics.pop("days", [])
+    row = monitoring_history.history_row(
+        decision,
+        drift,
+        current_metrics.get("performance"),
+        current_metrics.get("estimated"),
+        days,
+        ctx.execution_id,
+    )
+    trend = monitoring_history.add(monitoring_history.read(storage), row)
     report = html_report(
         decision,
         drift,
@@ -216,6 +258,9 @@ def monitor_step(ctx: StepContext) -> MonitorResult:
         current_metrics.get("performance"),
         y,
         cfg=settings.monitor,
+        estimated=current_metrics.get("estimated"),
+        days=days,
+        trend=trend,
     )
     perf_table = performance_rows(current_metrics.get("performance"), ref.metrics)
     span = Span.model_validate(decision.model_dump(include=set(Span.model_fields)))
@@ -227,6 +272,8 @@ def monitor_step(ctx: StepContext) -> MonitorResult:
         json_safe({"model_version": version, **span.model_dump(), **current_metrics}),
     )
     storage.write_text(layout.REPORT_HTML, report)
+    storage.write_frame(layout.ESTIMATED_CSV, pl.DataFrame(days) if days else pl.DataFrame({"day": []}))
+    monitoring_history.write(storage, trend)
     storage.write_json(layout.DECISION_JSON, decision.model_dump(mode="json"))
     storage.write_text(layout.DECISION_CSV, decision_csv(decision))  # last: the trigger acts on this file
     perf = current_metrics.get("performance") or {}
@@ -240,6 +287,8 @@ def monitor_step(ctx: StepContext) -> MonitorResult:
             "score_psi": num(decision.score_psi),
             "rows_judged": decision.n_rows,
             **{f"current_{k}": num(v) for k, v in perf.items() if k != "status"},
+            **{k: num(v) for k, v in (current_metrics.get("estimated") or {}).items()},
+            "estimated_reference_average_precision": num(decision.estimated_reference_average_precision),
         }
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if math.isfinite(num(v))})
         mlflow.set_tags(
@@ -252,6 +301,7 @@ def monitor_step(ctx: StepContext) -> MonitorResult:
         mlflow.log_text(drift.write_csv(), "drift_metrics.csv")
         mlflow.log_text(perf_table.write_csv(), "performance_metrics.csv")
         mlflow.log_dict(decision.model_dump(mode="json"), "retrain_decision.json")
+        mlflow.log_dict(json_safe(row), "monitoring_history_row.json")
         run_id = str(run.info.run_id)
     return MonitorResult(
         **decision.model_dump(),

@@ -24,7 +24,15 @@ from fraudops.monitoring.step import MonitorResult, monitor_step
 from fraudops.promotion.champion import ChampionResult, select_champion_step
 from fraudops.promotion.register import RegisterResult, register_step
 from fraudops.retries import RetryPolicy
-from fraudops.workspace.layout import CURRENT, MONITORING, PREDICTIONS, PROD_INPUTS, RAW, REFERENCE_DIR
+from fraudops.workspace.layout import (
+    CURRENT,
+    MONITORING,
+    MONITORING_HISTORY_DIR,
+    PREDICTIONS,
+    PROD_INPUTS,
+    RAW,
+    REFERENCE_DIR,
+)
 
 ALL = "all"
 INPUT_KEYS = ("run", "triggered_by", "reason", "only")
@@ -129,7 +137,7 @@ PIPELINE = Pipeline(
             MonitorResult,
             "drift and performance on data the champion never saw, the retraining decision",
             job="processing",
-            reads=(RAW, CURRENT, PROD_INPUTS, REFERENCE_DIR),
+            reads=(RAW, CURRENT, PROD_INPUTS, REFERENCE_DIR, MONITORING_HISTORY_DIR),
             writes=(MONITORING,),
         ),
     )

@@ -45,7 +45,7 @@ class Scorer:
         """(probabilities float64, decisions bool): the same numbers as FraudModel.predict."""
         if self.trees is not None and x.shape[0] <= self.small_batch:
             assert isinstance(self.model, XGBoostModel)
-            p = self.trees.predict(x, self.model.booster).astype(np.float64)
+            p = self.model.calibrate(self.trees.predict(x, self.model.booster))
         else:
             p = self.model.predict_proba(x)
         return p, p >= self.model.threshold

@@ -227,6 +227,7 @@ def describe(settings: Settings) -> dict[str, Any]:
             "card_precision_at_100": mv.tags.get("metric.card_precision_at_100"),
             "roc_auc": mv.tags.get("metric.roc_auc"),
             "decision": mv.tags.get(DECISION_TAG, ""),
+            "reasons": mv.tags.get(DECISION_REASONS_TAG, ""),
             "run_id": mv.run_id,
         }
         for mv in found

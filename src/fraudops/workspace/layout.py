@@ -12,6 +12,10 @@ CONFIG_FILE = "fraudops.yaml"
 RAW = "data/raw"
 PROD_INPUTS = "prod_inputs"
 CURRENT = "monitoring_inputs/current_data"
+VERDICTS = "monitoring_inputs/verdicts/verdicts.parquet"
+"""Analysts' verdicts on alerts (who, when, what), appended by the dashboard."""
+VERDICT_LABELS = f"{CURRENT}/analyst_verdicts.parquet"
+"""The verdicts as labelled transactions: current data that monitoring and retraining count as labels."""
 
 # training, registry and batch outputs
 PREDICTIONS = "prod_outputs/predictions"
@@ -36,6 +40,9 @@ DECISION_CSV = f"{DECISION_DIR}/retrain_decision.csv"
 DECISION_JSON = f"{DECISION_DIR}/retrain_decision.json"
 TRIGGER_STATE = f"{DECISION_DIR}/trigger_state.json"
 REPORT_HTML = f"{MONITORING}/report.html"
+ESTIMATED_CSV = f"{MONITORING}/metrics/estimated_performance.csv"
+MONITORING_HISTORY_DIR = f"{MONITORING}/history"
+MONITORING_HISTORY = f"{MONITORING_HISTORY_DIR}/monitoring_history.parquet"
 
 # fraudops' own state
 STATE_DIR = ".fraudops"
@@ -50,6 +57,7 @@ FOLDERS = (
     f"{MONITORING}/drift",
     f"{MONITORING}/metrics",
     DECISION_DIR,
+    MONITORING_HISTORY_DIR,
 )
 """What ``fraudops init`` creates."""
 
