@@ -40,6 +40,8 @@ REPORT_HTML = f"{MONITORING}/report.html"
 # fraudops' own state
 STATE_DIR = ".fraudops"
 LOCK_FILE = f"{STATE_DIR}/lock.json"
+ONLINE_SNAPSHOT = f"{STATE_DIR}/online_state.parquet"
+"""The serving's in-process online state (``fraudops serve``), reloaded at start-up."""
 
 FOLDERS = (
     RAW,
