@@ -22,7 +22,15 @@ from fraudops.data.loading import load_history
 from fraudops.data.schema import AMOUNT, CUSTOMER, LABEL, SCENARIO, TERMINAL, TX_ID, TX_TIME, to_file_columns
 from fraudops.features import features_for
 from fraudops.features.definitions import feature_names
-from fraudops.features.online import MemoryState, Neighbourhood, RawTx, compute, to_micros
+from fraudops.features.online import (
+    DuplicateTransaction,
+    MemoryState,
+    Neighbourhood,
+    RawTx,
+    compute,
+    to_micros,
+)
+from fraudops.features.online_redis import RedisState
 from fraudops.workspace import init_workspace
 from fraudops.workspace.layout import PREDICTIONS, PROD_INPUTS, RAW
 from fraudops.workspace.storage import Storage
@@ -89,7 +97,7 @@ def _batch(ws: Path, day: pl.DataFrame) -> pl.DataFrame:
 # ------------------------------------------------------------------------------------ in-process
 
 
-def _replay(state: MemoryState, day: pl.DataFrame) -> pl.DataFrame:
+def _replay(state: Any, day: pl.DataFrame) -> pl.DataFrame:
     got = []
     for group in day.partition_by(TX_TIME, maintain_order=True):
         txs = [
@@ -134,6 +142,26 @@ def test_online_features_match_the_engine_in_process():
     copy = MemoryState(cfg)
     copy.load(labelled.export())
     assert copy.stats() == labelled.stats()
+
+
+def test_redis_state_gives_the_same_features(redis_server):
+    """The shared store in a real Redis: the same numbers as the engine, labels and duplicates included."""
+    df = simulate.simulate(SimulateConfig(n_customers=80, n_terminals=150, n_days=40, seed=5))
+    cfg = FeaturesConfig()
+    cut = df[TX_TIME].max() - dt.timedelta(days=1)  # type: ignore[operator]
+    history, day = df.filter(pl.col(TX_TIME) <= cut), df.filter(pl.col(TX_TIME) > cut).drop(LABEL)
+    state = RedisState(redis_server.url, cfg, "t-same:")
+    assert state.build(history) > 0 and state.build(history) == 0  # built once
+    online = _replay(state, day)
+    offline = features_for(day, history, cfg).sort(TX_ID)
+    for name in NAMES:
+        np.testing.assert_allclose(
+            online[name], offline[name].cast(pl.Float64), rtol=0, atol=1e-9, err_msg=name
+        )
+    first = day.row(0, named=True)
+    with pytest.raises(DuplicateTransaction):
+        state.score([RawTx(first[TX_ID], to_micros(first[TX_TIME]), 1, 1, 1.0)])
+    assert state.label(first[TX_ID], True) and not state.label(-1, True)
 
 
 def test_compute_with_empty_history():

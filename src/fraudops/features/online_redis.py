@@ -125,7 +125,7 @@ class RedisState:
     def build(self, frame: pl.DataFrame) -> int:
         """Load the history once per Redis: the first caller loads it, the others wait until it is."""
         if self.r.exists(f"{self.p}ready"):
-            self._newest = self.newest()
+            self.newest()  # from Redis
             return 0
         if not self.r.set(f"{self.p}building", "1", nx=True, ex=int(BUILD_TIMEOUT)):
             deadline = time.monotonic() + BUILD_TIMEOUT
@@ -133,7 +133,7 @@ class RedisState:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the online state in Redis was not built within {BUILD_TIMEOUT:g} s")
                 time.sleep(0.1)
-            self._newest = self.newest()
+            self.newest()  # from Redis
             return 0
         added = self.load(frame)
         self.r.set(f"{self.p}ready", "1")
@@ -177,8 +177,11 @@ class RedisState:
         return sum(map(bool, fresh))
 
     def newest(self) -> int | None:
-        raw = self.r.get(f"{self.p}newest")
-        return int(raw) if raw is not None else None
+        """The newest time this worker has seen in Redis (refreshed by every request it scores)."""
+        if self._newest is None:
+            raw = self.r.get(f"{self.p}newest")
+            self._newest = int(raw) if raw is not None else None
+        return self._newest
 
     def stats(self) -> dict[str, Any]:
         return {"transactions": int(self.r.hlen(f"{self.p}ids")), "store": "redis"}
