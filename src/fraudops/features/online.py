@@ -180,9 +180,10 @@ def history_rows(frame: pl.DataFrame, keep_us: int) -> pl.DataFrame:
 
 
 class _Customer:
-    __slots__ = ("amounts", "ids", "terminals", "times")
+    __slots__ = ("amounts", "ids", "key", "terminals", "times")
 
-    def __init__(self) -> None:
+    def __init__(self, key: Hashable) -> None:
+        self.key = key  # one object for the id, however many entries name it
         self.times: list[int] = []
         self.amounts: list[float] = []
         self.terminals: list[Hashable] = []
@@ -190,17 +191,19 @@ class _Customer:
 
 
 class _Terminal:
-    __slots__ = ("frauds", "times")
+    __slots__ = ("frauds", "key", "times")
 
-    def __init__(self) -> None:
+    def __init__(self, key: Hashable) -> None:
+        self.key = key
         self.times: list[int] = []
         self.frauds: list[int] = []
 
 
 class MemoryState:
     """The in-process store: per customer, parallel lists sorted by time (lists, not arrays: bisect and
-    sums run 2-3x faster on them); per terminal, the times of
-    its transactions and of its known frauds; an index id → customer (for labels and duplicates).
+    sums run 2-3x faster on them); per terminal, the times of its transactions and of its known frauds;
+    an index id → customer (for labels and duplicates). Entries share one object per time, customer and
+    terminal (memory: see the README's benchmark).
 
     Safe to share between the event loop and the worker thread (one lock). Old entries are dropped when
     a customer or terminal gets a new transaction, and by :meth:`sweep` for the idle ones.
@@ -221,17 +224,17 @@ class MemoryState:
     def _insert(self, tx: RawTx) -> None:
         c = self.customers.get(tx.customer)
         if c is None:
-            c = self.customers[tx.customer] = _Customer()
+            c = self.customers[tx.customer] = _Customer(tx.customer)
+        m = self.terminals.get(tx.terminal)
+        if m is None:
+            m = self.terminals[tx.terminal] = _Terminal(tx.terminal)
         i = bisect.bisect_right(c.times, tx.t)
         c.times.insert(i, tx.t)
         c.amounts.insert(i, tx.amount)
-        c.terminals.insert(i, tx.terminal)
+        c.terminals.insert(i, m.key)
         c.ids.insert(i, tx.tx_id)
-        m = self.terminals.get(tx.terminal)
-        if m is None:
-            m = self.terminals[tx.terminal] = _Terminal()
         m.times.insert(bisect.bisect_right(m.times, tx.t), tx.t)
-        self.owner[tx.tx_id] = tx.customer
+        self.owner[tx.tx_id] = c.key
         if self._newest is None or tx.t > self._newest:
             self._newest = tx.t
 
