@@ -316,6 +316,8 @@ class MemoryState:
         rows = history_rows(frame, self.keep_us)
         added = 0
         with self.lock:
+            if not self.owner and rows.height:
+                return self._build(rows)
             for tx_id, t, customer, terminal, amount, label in rows.iter_rows():
                 if tx_id not in self.owner:
                     self._insert(RawTx(tx_id, t, customer, terminal, amount))
@@ -325,6 +327,29 @@ class MemoryState:
             if self._newest is not None:
                 self._sweep(self._keep_from())
         return added
+
+    def _build(self, rows: pl.DataFrame) -> int:
+        """An empty state from time-ordered rows at once: grouped by polars, lists made in bulk (~10x
+        faster than adding the rows one by one; the start-up build of 1.75 M history transactions)."""
+        fraud = pl.col(LABEL) == 1
+        by_terminal = rows.group_by(TERMINAL, maintain_order=True).agg(
+            pl.col(TX_TIME), pl.col(TX_TIME).filter(fraud).alias("frauds")
+        )
+        for key, times, frauds in by_terminal.iter_rows():
+            m = self.terminals[key] = _Terminal(key)
+            m.times, m.frauds = times, frauds
+        shared = {m.key: m.key for m in self.terminals.values()}
+        by_customer = rows.group_by(CUSTOMER, maintain_order=True).agg(
+            pl.col(TX_TIME), pl.col(AMOUNT), pl.col(TERMINAL), pl.col(TX_ID)
+        )
+        for key, times, amounts, terminals, ids in by_customer.iter_rows():
+            c = self.customers[key] = _Customer(key)
+            c.times, c.amounts, c.ids = times, amounts, ids
+            c.terminals = [shared[t] for t in terminals]
+            self.owner.update(dict.fromkeys(ids, c.key))
+        self.frauds = set(rows.filter(fraud).get_column(TX_ID).to_list())
+        self._newest = int(rows.get_column(TX_TIME).max())  # type: ignore[arg-type]
+        return rows.height
 
     def newest(self) -> int | None:
         return self._newest
