@@ -231,7 +231,10 @@ def wrk(url: str, script: Path, seconds: float, env: dict[str, str]) -> dict[str
         str(script),
         url,
     ]
-    out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True).stdout
+    done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"wrk failed ({done.returncode}): {done.stdout[-2000:]} {done.stderr[-2000:]}")
+    out = done.stdout
     r = json.loads(next(ln for ln in out.splitlines() if ln.startswith("WRKJSON ")).removeprefix("WRKJSON "))
     return {
         "req_per_s": r["requests"] / (r["duration_us"] / 1e6),
@@ -327,10 +330,13 @@ def main() -> int:
                     lua_env |= {
                         "TERMINALS": str(terminals),
                         "ID0": str(10**12 * (2 * k + 1) + 10**11 * (phase == "measure")),
+                        "STEP_US": str(STEP_US),
                     }
                     r = wrk(url, script, seconds, lua_env)
                 if r["errors"]:
-                    raise SystemExit(f"{name}: {r['errors']} errors (see {logs})")
+                    raise SystemExit(
+                        f"{name}: {r['errors']} errors; {(logs / 'fraudops.log').read_text()[-3000:]}"
+                    )
                 row[name] = r
                 print(
                     f"round {k + 1} {name:<22} {r['req_per_s']:8,.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
