@@ -349,7 +349,7 @@ def main() -> int:
             json.dumps(
                 {
                     "TRANSACTION_ID": 1,
-                    "TX_DATETIME": str(history[TX_TIME].max() + dt.timedelta(days=5)),
+                    "TX_DATETIME": str(dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=base + 10**11)),
                     "CUSTOMER_ID": 0,
                     "TERMINAL_ID": 0,
                     "TX_AMOUNT": 10.0,
