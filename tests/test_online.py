@@ -187,6 +187,7 @@ def server(online_ws, tmp_path_factory):
         yield srv
 
 
+@pytest.mark.slow
 def test_replayed_day_equals_batch(online_ws, server):
     """A full day replayed in time order (simultaneous transactions in one request): every feature equals
     the batch engine's to 1e-9 and every probability equals `fraudops batch`'s exactly."""
@@ -213,6 +214,7 @@ def test_replayed_day_equals_batch(online_ws, server):
     online_ws["replayed"] = got
 
 
+@pytest.mark.slow
 def test_edge_cases_and_feedback(online_ws, server):
     client = server["client"]
     day = online_ws["day"]
@@ -270,6 +272,7 @@ def test_edge_cases_and_feedback(online_ws, server):
     assert r.status_code == 200 and r.json()["fraud_probability"] == a["fraud_probability"], r.text
 
 
+@pytest.mark.slow
 def test_feedback_moves_the_terminal_risk_like_a_label_in_the_history(online_ws, server):
     client = server["client"]
     settings, storage = open_ws(online_ws["ws"])
@@ -312,6 +315,7 @@ def test_feedback_moves_the_terminal_risk_like_a_label_in_the_history(online_ws,
             assert got[name] == pytest.approx(want[name], abs=1e-9), name
 
 
+@pytest.mark.slow
 def test_restart_reloads_the_snapshot(online_ws, server, tmp_path):
     """A transaction scored before a restart counts in the windows after it (snapshot at shutdown)."""
     newest = online_ws["day"][TX_TIME].max() + dt.timedelta(days=8)
@@ -328,6 +332,7 @@ def test_restart_reloads_the_snapshot(online_ws, server, tmp_path):
         assert r.status_code == 409, r.text
 
 
+@pytest.mark.slow
 def test_two_servers_share_the_state_in_redis(online_ws, redis_server, tmp_path):
     """Two server processes on one Redis: each sees the transactions and labels the other took; the
     history is built once, by the first to start (the second, like a restarted one, finds it)."""
