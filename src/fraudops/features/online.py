@@ -12,8 +12,8 @@ timestamp: exactly the batch engine's rule for the rows of one file. A transacti
 others of the same customer with the same timestamp does not count for them (they were answered).
 
 Stores (:class:`MemoryState` here, :class:`fraudops.features.online_redis.RedisState` shared between
-workers) only keep and return :class:`Neighbourhood`\\ s; :func:`compute` turns one into features, so
-both stores give the same numbers.
+workers) only keep transactions and return each one's :class:`Neighbourhood`; :func:`compute` turns
+it into features, so both stores give the same numbers.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import dataclasses
 import datetime as dt
 import threading
 from collections.abc import Hashable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import polars as pl
 
@@ -136,29 +136,6 @@ def compute(tx: RawTx, nb: Neighbourhood, spans: Spans) -> list[float]:
             out.append(0.0)
         out.append(0.0 if tx.terminal in nb.terminals[lo:before] else 1.0)
     return out
-
-
-class OnlineState(Protocol):
-    """What the request path needs of a store (in-process or shared)."""
-
-    def score(self, txs: list[RawTx]) -> list[Neighbourhood]:
-        """Add ``txs`` (all or none: :class:`DuplicateTransaction` if an id is known), then each one's
-        neighbourhood as of its own time."""
-        ...
-
-    def label(self, tx_id: Hashable, fraud: bool) -> bool:
-        """Record a label; False when the id is unknown (never scored, or older than the windows)."""
-        ...
-
-    def load(self, frame: pl.DataFrame) -> int:
-        """Add history rows (:data:`STATE_COLUMNS`, known ids skipped, labels applied); rows added."""
-        ...
-
-    def newest(self) -> int | None:
-        """The newest transaction time held (microseconds), None when empty."""
-        ...
-
-    def stats(self) -> dict[str, int]: ...
 
 
 def history_rows(frame: pl.DataFrame, keep_us: int) -> pl.DataFrame:

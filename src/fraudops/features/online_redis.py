@@ -1,5 +1,5 @@
-"""The shared online state: the :class:`~fraudops.features.online.OnlineState` of every worker and
-replica in one Redis, so each sees every transaction scored and every label given.
+"""The shared online state: the store of every worker and replica in one Redis (the same methods as
+:class:`~fraudops.features.online.MemoryState`), so each sees every transaction scored and every label.
 
 Keys (``<p>`` = the prefix, one per workspace)::
 

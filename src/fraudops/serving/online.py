@@ -37,6 +37,7 @@ from fraudops.config import Settings
 from fraudops.data.loading import load_history, load_table
 from fraudops.features.definitions import feature_names
 from fraudops.features.online import DuplicateTransaction, MemoryState, RawTx, compute, to_micros
+from fraudops.features.online_redis import RedisState
 from fraudops.serving.protocol import (
     JSON_TYPE,
     ClientError,
@@ -60,12 +61,11 @@ def _got(v: Any) -> str:
     return f"{type_name(v)} {brief(v)}"
 
 
-def _state(settings: Settings, lateness_us: int) -> Any:
+def _state(settings: Settings, lateness_us: int) -> MemoryState | RedisState:
+    """The configured store: both have score, label, load, newest, stats and spans."""
     url = settings.serve.online_state
     if url == "memory":
         return MemoryState(settings.features, lateness_us)
-    from fraudops.features.online_redis import RedisState
-
     prefix = "fraudops:" + hashlib.sha256(settings.workspace.encode()).hexdigest()[:12] + ":"
     return RedisState(url, settings.features, prefix, lateness_us)
 
