@@ -1,4 +1,5 @@
-"""Real servers for the stack tests and ``make stack``: an S3 API server (moto), PostgreSQL, MLflow.
+"""Real servers for the stack tests and ``make stack``: an S3 API server (moto), PostgreSQL, MLflow;
+Redis for the online features' shared state.
 
 Each runs as its own process on 127.0.0.1 with a free port and is stopped by its pid. Nothing is assumed to
 be running; a server that cannot start raises :class:`ServerError` with its log, so a test fails (never
@@ -159,6 +160,61 @@ def start_s3(folder: Path) -> S3Server:
     server = S3Server(proc, port, log)
     try:
         _wait("the S3 API server (moto)", lambda: _http_ok(f"{server.endpoint}/moto-api/"), proc, log, 60)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+# --------------------------------------------------------------------------------------------- Redis
+
+
+@dataclasses.dataclass
+class RedisServer:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def _redis_ok(port: int) -> bool:
+    with socket.create_connection((HOST, port), timeout=2) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(16).startswith(b"+PONG")
+
+
+def start_redis(folder: Path) -> RedisServer:
+    """Debian's redis-server in the foreground, no persistence (``make system-deps`` installs it)."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    log = folder / "redis.log"
+    cmd = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        HOST,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(folder),
+    ]
+    with log.open("wb") as out:
+        try:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as e:
+            raise ServerError(f"cannot start {binary}: {e} (make system-deps installs redis-server)") from e
+    server = RedisServer(proc, port, log)
+    try:
+        _wait("redis-server", lambda: _redis_ok(port), proc, log, 30)
     except BaseException:
         server.stop()
         raise

@@ -212,6 +212,20 @@ class ServeConfig(Section):
     request_timeout: float = Field(
         60.0, gt=0, description="seconds from a request's headers to its answer (then 504)"
     )
+    online_state: str = Field(
+        "memory",
+        description="raw transactions' feature state: memory (one worker) or redis://host:port/db (shared)",
+        pattern=r"^(memory|rediss?://.+|unix://.+)$",
+    )
+    online_max_lateness: float = Field(
+        3600.0, ge=0, description="seconds a raw transaction may be older than the newest one (then 422)"
+    )
+    online_max_future: float = Field(
+        300.0, ge=0, description="seconds a raw transaction may be ahead of the server's clock (then 422)"
+    )
+    online_snapshot_interval: float = Field(
+        60.0, gt=0, description="seconds between online state snapshots and looks at current_data/"
+    )
 
 
 class DashboardConfig(Section):

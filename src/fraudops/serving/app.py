@@ -13,6 +13,10 @@ Endpoints (port 8080 by default, the SageMaker container contract)::
                        ``mlflow models serve`` answers for the same registered model
     POST /predict      one transaction (a JSON object) or a list of them, answered per record with
                        fraud_probability, is_fraud, threshold, model and model_version
+    POST /feedback     transactions kind: labels of scored transactions, {"<id column>": id, "label": 0|1}
+
+Transactions kind: /predict and /invocations also take raw transactions (id, timestamp, customer,
+terminal, amount), whose features the online state computes (:mod:`fraudops.serving.online`).
 
 Every response made while a model is loaded carries the header ``X-Model-Version``. Inputs are checked
 strictly: exactly the model's features, finite numbers only (JSON ``true``, strings, null, NaN and ±inf are
@@ -57,6 +61,7 @@ from fraudops.config import Settings, format_validation_error
 from fraudops.errors import ConfigError
 from fraudops.serving import connection
 from fraudops.serving.metrics import MULTIPROC_ENV, Metrics
+from fraudops.serving.online import OnlineService
 from fraudops.serving.parser import ParserProcess
 from fraudops.serving.protocol import (
     CSV_TYPE,
@@ -112,6 +117,9 @@ class ServeApp:
         self.api_key = key.encode() if key else None
         id_col = settings.data.columns.transaction_id
         self.id_column = id_col if id_col else None
+        # online features (raw transactions): None with the reason when this workspace cannot have them
+        self.online_off = OnlineService.enabled(settings)
+        self.online = OnlineService(settings) if self.online_off is None else None
         # path -> (method, handler, needs body, open without API key)
         self.routes: dict[str, tuple[str, Handler, bool, bool]] = {
             "/ping": ("GET", self.ping, False, True),
@@ -121,17 +129,22 @@ class ServeApp:
             "/metrics": ("GET", self.metrics_page, False, False),
             "/invocations": ("POST", self.invocations, True, False),
             "/predict": ("POST", self.predict, True, False),
+            "/feedback": ("POST", self.feedback, True, False),
         }
 
     # -- lifecycle
 
     def startup(self) -> None:
         self.holder.check()
+        if self.online is not None:
+            self.online.start()
         if self.watch:
             self.holder.start()
 
     def shutdown(self) -> None:
         self.holder.stop()
+        if self.online is not None:
+            self.online.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.metrics.close()
 
@@ -199,7 +212,7 @@ class ServeApp:
                 raise ClientError(
                     404,
                     f"no endpoint {path!r}; see /ping, /health, /version, /metadata, /metrics, "
-                    "POST /invocations, POST /predict",
+                    "POST /invocations, POST /predict, POST /feedback",
                     "path",
                     code="NOT_FOUND",
                 )
@@ -268,7 +281,7 @@ class ServeApp:
         """A large body: parsed in the thread, or in the parser process when larger than
         PROCESS_BODY_BYTES; scored and answered in the thread."""
         parsed = None
-        if len(body) > PROCESS_BODY_BYTES:
+        if len(body) > PROCESS_BODY_BYTES and not self.raw(body):
             features = tuple(self._need(scorer).features)
             if path == "/invocations":
                 mime = self.invocations_type(headers)
@@ -433,10 +446,35 @@ class ServeApp:
             )
         return JSON_TYPE
 
+    # -- online features (raw transactions): the body names the timestamp column
+
+    def raw(self, body: bytes) -> bool:
+        if self.online is not None:
+            return self.online.is_raw(body)
+        if self.online_off and self.settings.data.kind == "transactions":
+            time_col = self.settings.data.columns.timestamp
+            if time_col and json.dumps(time_col).encode() in body:
+                raise ClientError(400, self.online_off, time_col)
+        return False
+
+    def feedback(
+        self, headers: dict, body: bytes, scorer: Scorer | None, parsed: Any = None
+    ) -> tuple[int, bytes, str]:
+        if self.online is None:
+            why = self.online_off or "feedback is for the transactions kind (online features)"
+            raise ClientError(400, why, "path")
+        self.predict_type(headers)
+        return self.online.feedback(body)
+
     def invocations(
         self, headers: dict, body: bytes, scorer: Scorer | None, parsed: Any = None
     ) -> tuple[int, bytes, str]:
         scorer = self._need(scorer)
+        if parsed is None and self.raw(body):
+            if self.invocations_type(headers) != JSON_TYPE:
+                raise ClientError(415, f"raw transactions are sent as {JSON_TYPE}", "Content-Type")
+            assert self.online is not None
+            return self.online.invocations(body, scorer)
         if parsed is None:
             parsed = invocations_matrix(
                 scorer.schema, self.invocations_type(headers), body, self.cfg.max_rows
@@ -449,6 +487,10 @@ class ServeApp:
         self, headers: dict, body: bytes, scorer: Scorer | None, parsed: Any = None
     ) -> tuple[int, bytes, str]:
         scorer = self._need(scorer)
+        if parsed is None and self.raw(body):
+            self.predict_type(headers)
+            assert self.online is not None
+            return self.online.predict(body, scorer)
         if parsed is None:
             self.predict_type(headers)
             parsed = predict_records(scorer.schema, body, self.cfg.max_rows, self.id_column)

@@ -47,6 +47,8 @@ MONITORING_HISTORY = f"{MONITORING_HISTORY_DIR}/monitoring_history.parquet"
 # fraudops' own state
 STATE_DIR = ".fraudops"
 LOCK_FILE = f"{STATE_DIR}/lock.json"
+ONLINE_SNAPSHOT = f"{STATE_DIR}/online_state.parquet"
+"""The serving's in-process online state (``fraudops serve``), reloaded at start-up."""
 
 FOLDERS = (
     RAW,
