@@ -78,7 +78,10 @@ def test_without_a_session_features_run_here(tx: pl.DataFrame) -> None:
 def test_a_scheduler_that_does_not_answer_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compute.cluster, "CONNECT_TIMEOUT", "2s")
     cfg = ComputeConfig(engine="dask", scheduler="tcp://127.0.0.1:9")
-    with pytest.raises(
-        ConfigError, match=r"compute.scheduler: no Dask scheduler answers at tcp://127.0.0.1:9"
-    ), compute.session(cfg):
+    with (
+        pytest.raises(
+            ConfigError, match=r"compute.scheduler: no Dask scheduler answers at tcp://127.0.0.1:9"
+        ),
+        compute.session(cfg),
+    ):
         pass

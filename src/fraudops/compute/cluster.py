@@ -61,12 +61,20 @@ class Engine:
         """``value`` copied once to every worker (not once per task); pass the future to :meth:`map`."""
         return self.client.scatter(value, broadcast=True, hash=False)
 
-    def map(self, fn: Callable[..., R], items: Sequence[Any], *args: Any, **kwargs: Any) -> list[R]:
+    def map(
+        self, fn: Callable[..., R], items: Sequence[Any], *args: Any, send: bool = False, **kwargs: Any
+    ) -> list[R]:
         """``[fn(item, *args, **kwargs) for item in items]``, one task per item, results in item order; the
-        first task error is raised here (the other tasks are released with their futures)."""
+        first task error is raised here (the other tasks are released with their futures).
+
+        Small items (names, paths) travel inside the tasks, so a task lost with its worker is rerun
+        elsewhere; ``send`` ships big items (frames) to the workers first instead of through the
+        scheduler (a task whose item was on a lost worker then fails).
+        """
         name = getattr(fn, "__name__", "task")
+        inputs = self.client.scatter(list(items), hash=False) if send else list(items)
         futures = [
-            self.client.submit(fn, item, *args, key=self._key(name), pure=False, **kwargs) for item in items
+            self.client.submit(fn, item, *args, key=self._key(name), pure=False, **kwargs) for item in inputs
         ]
         return list(self.client.gather(futures))
 
