@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import signal
 import subprocess
 import sys
 import threading
@@ -13,10 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import numpy as np
 import polars as pl
 import pytest
-from distributed import Client
+from distributed import Client, WorkerPlugin
 
 from fraudops import compute
 from fraudops.batch.step import batch_step
@@ -88,6 +90,33 @@ def test_batch_on_the_cluster_gives_the_local_predictions(dask_client: Client, t
         assert frame["fraud_probability"].n_unique() > 10
 
 
+class KillWhileWriting(WorkerPlugin):
+    """A worker plugin: the first worker to start scoring a file kills itself (SIGKILL) once a hidden
+    temporary output is in the folder, i.e. in the middle of writing; the marker file keeps it to once."""
+
+    def __init__(self, folder: str, marker: str) -> None:
+        self.folder, self.marker = folder, marker
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if finish != "executing" or "score_partition" not in str(key):
+            return
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        threading.Thread(target=self._kill, daemon=True).start()
+
+    def _kill(self) -> None:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if os.path.isdir(self.folder) and any(n.startswith(".") for n in os.listdir(self.folder)):
+                break
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def test_a_worker_killed_mid_batch_the_step_completes_and_leaves_no_partial_output(
     dask_client: Client, tx_ws: dict[str, Any]
 ) -> None:
@@ -95,31 +124,25 @@ def test_a_worker_killed_mid_batch_the_step_completes_and_leaves_no_partial_outp
     settings, storage = open_ws(ws)
     expected = _run_batch(ws, None)
     # more files than workers, so that a kill lands while files are being scored
+    copies = []
     for rel in storage.ls(PROD_INPUTS):
         stem, ext = posixpath.splitext(rel)
         for copy in range(3):
-            storage.write_bytes(f"{stem}-{copy}{ext}", storage.read_bytes(rel))
+            copies.append(f"{stem}-copy{copy}{ext}")
+            storage.write_bytes(copies[-1], storage.read_bytes(rel))
     storage.delete(PREDICTIONS, recursive=True)
-    pids = dask_client.run(os.getpid)
-    killed: list[int] = []
-
-    def kill_a_busy_worker() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
-            busy = [w for w, keys in dask_client.processing().items() if any("_score" in k for k in keys)]
-            if busy and busy[0] in pids:
-                os.kill(pids[busy[0]], 9)
-                killed.append(pids[busy[0]])
-            time.sleep(0.02)
-
-    killer = threading.Thread(target=kill_a_busy_worker)
-    killer.start()
+    pids = set(dask_client.run(os.getpid).values())
+    marker = ws.parent / "killed"
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    dask_client.register_plugin(KillWhileWriting(str(ws / PREDICTIONS), str(marker)), name="kill")
     try:
         with compute.attach(dask_client):
             result = batch_step(StepContext(settings, storage))
     finally:
-        killer.join()
-    assert killed, "no worker was busy scoring"
+        dask_client.unregister_worker_plugin("kill")
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    killed = [int(marker.read_text())] if marker.exists() else []
+    assert killed and killed[0] in pids, "no worker was killed"
     assert not result.failed and result.totals.files == HELD_OUT * 4
     out = _outputs(storage)
     assert len(out) == HELD_OUT * 4 and not _hidden(ws)
@@ -127,9 +150,8 @@ def test_a_worker_killed_mid_batch_the_step_completes_and_leaves_no_partial_outp
         original = next(r for r in expected if Path(rel).name.startswith(Path(r).name.split(".out")[0]))
         assert frame.equals(expected[original]), rel
     assert killed[0] not in dask_client.run(os.getpid).values()  # it really died (its nanny restarts it)
-    for rel in storage.ls(PROD_INPUTS):
-        if "-" in Path(rel).name:
-            storage.delete(rel)
+    for rel in copies:
+        storage.delete(rel)
 
 
 def test_drift_on_the_cluster_equals_the_local_statistics(dask_client: Client) -> None:

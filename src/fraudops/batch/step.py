@@ -54,7 +54,7 @@ class BatchError(FraudopsError):
         self.result = result
 
 
-def _score(
+def score_partition(
     rel: str,
     storage: Storage,
     model: FraudModel,
@@ -136,7 +136,7 @@ def batch_step(ctx: StepContext) -> BatchResult:
         eng = compute.current()
         if eng is None:
             for rel in files:
-                score, error = _score(
+                score, error = score_partition(
                     rel, storage, model, settings, version, scored_at, history, ctx.progress
                 )
                 if score is not None:
@@ -145,9 +145,16 @@ def batch_step(ctx: StepContext) -> BatchResult:
                     failures[rel] = error
         else:
             # files are the partitions; the model and the history go to each worker once, not per file
-            model_f = eng.broadcast(model.with_threads(1))
-            history_f = None if history is None else eng.broadcast(history)
-            done = eng.map(_score, files, storage, model_f, settings, version, scored_at, history_f, None)
+            done = eng.map(
+                score_partition,
+                files,
+                storage,
+                shared={"model": model.with_threads(1), "history": history},
+                settings=settings,
+                version=version,
+                scored_at=scored_at,
+                progress=None,
+            )
             storage.remove_leftovers(PREDICTIONS)  # what attempts on a lost worker left (never a live writer)
             for rel, (score, error) in zip(files, done, strict=True):
                 if score is not None:

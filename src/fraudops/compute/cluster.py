@@ -17,7 +17,7 @@ import contextlib
 import contextvars
 import itertools
 import uuid
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fraudops.config import ComputeConfig
@@ -32,6 +32,7 @@ K = TypeVar("K", bound=Hashable)
 
 _CURRENT: contextvars.ContextVar[Engine | None] = contextvars.ContextVar("fraudops_compute", default=None)
 CONNECT_TIMEOUT = "30s"
+LOST_DATA_ROUNDS = 3
 
 
 def _pick(parts: dict[Any, Any], key: Any) -> Any:
@@ -62,21 +63,47 @@ class Engine:
         return self.client.scatter(value, broadcast=True, hash=False)
 
     def map(
-        self, fn: Callable[..., R], items: Sequence[Any], *args: Any, send: bool = False, **kwargs: Any
+        self,
+        fn: Callable[..., R],
+        items: Sequence[Any],
+        *args: Any,
+        send: bool = False,
+        shared: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> list[R]:
-        """``[fn(item, *args, **kwargs) for item in items]``, one task per item, results in item order; the
-        first task error is raised here (the other tasks are released with their futures).
+        """``[fn(item, *args, **shared, **kwargs) for item in items]``, one task per item, in item order;
+        the first task error is raised here (the other tasks are released with their futures).
 
-        Small items (names, paths) travel inside the tasks, so a task lost with its worker is rerun
-        elsewhere; ``send`` ships big items (frames) to the workers first instead of through the
-        scheduler (a task whose item was on a lost worker then fails).
+        ``shared`` values (a model, a history) go to every worker once (:meth:`broadcast`), not once per
+        task. Small items (names, paths) travel inside the tasks; ``send`` ships big items (frames) to the
+        workers first. A task whose worker dies is rerun by the scheduler; one whose shared or sent data
+        was lost with a worker (Dask keeps one replica of scattered data) is resubmitted with the data sent
+        again, up to ``LOST_DATA_ROUNDS`` times.
         """
+        from distributed.client import FutureCancelledError
+
         name = getattr(fn, "__name__", "task")
-        inputs = self.client.scatter(list(items), hash=False) if send else list(items)
-        futures = [
-            self.client.submit(fn, item, *args, key=self._key(name), pure=False, **kwargs) for item in inputs
-        ]
-        return list(self.client.gather(futures))
+        results: dict[int, R] = {}
+        todo = list(range(len(items)))
+        for _ in range(LOST_DATA_ROUNDS + 1):
+            sent = {k: None if v is None else self.broadcast(v) for k, v in (shared or {}).items()}
+            inputs = [items[i] for i in todo]
+            if send:
+                inputs = self.client.scatter(inputs, hash=False)
+            futures = {
+                i: self.client.submit(fn, item, *args, key=self._key(name), pure=False, **sent, **kwargs)
+                for i, item in zip(todo, inputs, strict=True)
+            }
+            lost = []
+            for i, future in futures.items():
+                try:
+                    results[i] = future.result()
+                except FutureCancelledError:
+                    lost.append(i)
+            if not lost:
+                return [results[i] for i in range(len(items))]
+            todo = lost
+        raise RuntimeError(f"{name}: data sent to the workers was lost {LOST_DATA_ROUNDS + 1} times")
 
     def exchange(
         self,
@@ -128,7 +155,7 @@ def attach(client: Client, partition_rows: int = ComputeConfig().partition_rows)
 
 
 def local_cluster(workers: int, memory_limit: str | int, threads: int = 1) -> LocalCluster:
-    """A LocalCluster of worker processes on 127.0.0.1 (no dashboard) whose libraries use ``threads``."""
+    """A LocalCluster of worker processes on 127.0.0.1 whose libraries use ``threads`` threads each."""
     import dask
     from distributed import LocalCluster
 
@@ -140,7 +167,7 @@ def local_cluster(workers: int, memory_limit: str | int, threads: int = 1) -> Lo
             processes=True,
             memory_limit=memory_limit,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # its HTTP endpoints on loopback, a free port
         )
 
 
