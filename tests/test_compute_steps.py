@@ -164,7 +164,11 @@ def test_drift_on_the_cluster_equals_the_local_statistics(dask_client: Client) -
     local = drift_table(ref, cur, names, cfg)
     with compute.attach(dask_client):
         dist = drift_table(ref, cur, names, cfg)
-    assert dist.equals(local)
+    # the same decision and counts; the statistics to float rounding (a worker sums with one thread)
+    exact = ["feature", "drift_detected", "reason", "n_ref", "n_cur", "missing_ref", "missing_cur"]
+    assert dist.select(exact).equals(local.select(exact))
+    for col in ("ks_statistic", "ks_pvalue", "psi", "wasserstein"):
+        np.testing.assert_allclose(dist[col].to_numpy(), local[col].to_numpy(), rtol=1e-12, err_msg=col)
     assert 0 < local["drift_detected"].sum() < len(names)
 
 
