@@ -180,12 +180,13 @@ def test_fraudops_run_with_the_dask_engine(dask_client: Client, tmp_path: Path) 
     (ws / "fraudops.yaml").write_text(
         f"train: {{candidates: [xgboost], min_frauds: 5, xgboost: {xgb}}}\n"
         f"compute: {{engine: dask, scheduler: {dask_client.scheduler.address}}}\n"
+        "registry: {gate_min_auc: 0.5, gate_ap_over_fraud_rate: 1.0}\n"  # a small model must pass the gate
     )
     settings, _ = init_workspace(str(ws))
     storage = Storage(settings.workspace)
-    df = simulate.simulate(SimulateConfig(n_customers=200, n_terminals=400, n_days=N_DAYS, seed=6))
+    df = simulate.simulate(SimulateConfig(n_customers=200, n_terminals=400, n_days=N_DAYS, seed=5))
     days = list(simulate.iter_days(df))
-    _write_days(storage, settings, RAW, days[:-2])
+    _write_days(storage, settings, RAW, days[:-HELD_OUT])
     _write_days(storage, settings, PROD_INPUTS, [(d, f.drop(LABEL, SCENARIO)) for d, f in days[-2:]])
     proc = subprocess.run(
         [sys.executable, "-m", "fraudops.cli", "run", "--workspace", str(ws)],
