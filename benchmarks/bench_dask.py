@@ -118,6 +118,9 @@ def main() -> int:
     parser.add_argument("--memory-limit", default="2GB")
     args = parser.parse_args()
 
+    from fraudops import process
+
+    process.configure()  # as the CLI does: OpenMP threads sleep instead of spinning (workers inherit it)
     from distributed import Client
 
     from fraudops import compute
