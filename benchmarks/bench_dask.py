@@ -10,7 +10,7 @@ each; cluster start-up and a warm-up run not timed). Batch: the featured rows wr
 Parquet files of a features-kind workspace, scored by the batch step's per-file function with a small
 XGBoost model, in this process and as one task per file on the clusters. Each figure is the median of
 ``--runs``; throughput = transactions / second; peak memory per worker = the worker process's
-``ru_maxrss`` after the runs (compared with its limit). Results: a markdown table on stdout and
+``VmHWM`` after the runs (compared with its limit). Results: a markdown table on stdout and
 ``benchmarks/results/dask.json`` (with the machine load before and after).
 """
 
@@ -36,6 +36,11 @@ RESULTS = HERE / "results" / "dask.json"
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM (``ru_maxrss`` would report the parent's RSS at the
+    fork for a spawned worker, since Linux keeps it across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
