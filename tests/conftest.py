@@ -10,12 +10,16 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from servers import BUCKET, MlflowServer, Postgres, S3Server, start_mlflow, start_postgres, start_s3
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 os.environ["COLUMNS"] = "250"
 
@@ -47,6 +51,17 @@ def s3_bucket(s3_env: S3Server) -> str:
     name = f"t-{uuid.uuid4().hex[:20]}"
     boto3.client("s3", endpoint_url=s3_env.endpoint).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator["Client"]:
+    """A real Dask cluster for the session: two worker processes of one thread (a worker can be killed)."""
+    from distributed import Client
+
+    from fraudops.compute import local_cluster
+
+    with local_cluster(2, "2GB") as cluster, Client(cluster) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

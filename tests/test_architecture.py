@@ -14,6 +14,7 @@ SRC = Path(__file__).parents[1] / "src" / "fraudops"
 LAYERS: list[set[str]] = [
     {"__init__", "errors", "config", "retries", "process"},
     {"workspace"},
+    {"compute"},
     {"context"},
     {"tracking"},
     {"data"},

@@ -242,6 +242,30 @@ class DashboardConfig(Section):
     )
 
 
+class ComputeConfig(Section):
+    engine: Literal["local", "dask"] = Field(
+        "local", description="local = this process; dask = features, batch and drift run on a Dask cluster"
+    )
+    scheduler: str | None = Field(
+        None,
+        description="dask: address of a running scheduler (tcp://host:8786); null = a LocalCluster of "
+        "compute.workers processes started for the command",
+    )
+    workers: int = Field(2, ge=1, description="LocalCluster: worker processes (one thread each)")
+    worker_memory_limit: str = Field(
+        "4GB", description="LocalCluster: memory limit per worker (spills, then restarts the worker above it)"
+    )
+    partition_rows: int = Field(
+        2_000_000, gt=0, description="dask: target rows per feature partition (customer or terminal buckets)"
+    )
+
+    @model_validator(mode="after")
+    def _scheduler_address(self) -> ComputeConfig:
+        if self.scheduler is not None and not self.scheduler.startswith(("tcp://", "tls://", "inproc://")):
+            raise ValueError(f"scheduler must be an address like tcp://host:8786, got {self.scheduler!r}")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything fraudops can be told. ``workspace`` is where fraudops.yaml lives."""
 
@@ -261,6 +285,7 @@ class Settings(BaseSettings):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -6,17 +6,21 @@ import datetime as dt
 import posixpath
 import time
 
+import polars as pl
 from pydantic import BaseModel
 
-from fraudops import features
+from fraudops import compute, features
 from fraudops.batch.scoring import FileScore, score_file
-from fraudops.context import StepContext, StepResult
+from fraudops.config import Settings
+from fraudops.context import Progress, StepContext, StepResult
 from fraudops.data.loading import load_history, table_files
 from fraudops.errors import FraudopsError, StorageError
+from fraudops.modeling.model import FraudModel
 from fraudops.modeling.registry import champion
 from fraudops.promotion import journal
 from fraudops.tracking.client import client, step_run
 from fraudops.workspace.layout import PREDICTIONS, PROD_INPUTS
+from fraudops.workspace.storage import Storage
 
 STEP = "batch_inference"
 
@@ -48,6 +52,33 @@ class BatchError(FraudopsError):
     def __init__(self, message: str, result: BatchResult) -> None:
         super().__init__(message)
         self.result = result
+
+
+def score_partition(
+    rel: str,
+    storage: Storage,
+    model: FraudModel,
+    settings: Settings,
+    version: int,
+    scored_at: dt.datetime,
+    history: pl.DataFrame | None,
+    progress: Progress | None,
+) -> tuple[FileScore | None, str | None]:
+    """One file scored (here or on a worker): its score, or why it failed."""
+    try:
+        score = score_file(
+            storage,
+            rel,
+            model,
+            settings,
+            version=version,
+            scored_at=scored_at,
+            history=history,
+            progress=progress,
+        )
+    except (FraudopsError, StorageError) as e:
+        return None, str(e)
+    return score, None
 
 
 def batch_step(ctx: StepContext) -> BatchResult:
@@ -102,22 +133,34 @@ def batch_step(ctx: StepContext) -> BatchResult:
                 "n_jobs": settings.train.n_jobs,
             }
         )
-        for rel in files:
-            try:
-                results.append(
-                    score_file(
-                        storage,
-                        rel,
-                        model,
-                        settings,
-                        version=version,
-                        scored_at=scored_at,
-                        history=history,
-                        progress=ctx.progress,
-                    )
+        eng = compute.current()
+        if eng is None:
+            for rel in files:
+                score, error = score_partition(
+                    rel, storage, model, settings, version, scored_at, history, ctx.progress
                 )
-            except (FraudopsError, StorageError) as e:
-                failures[rel] = str(e)
+                if score is not None:
+                    results.append(score)
+                if error is not None:
+                    failures[rel] = error
+        else:
+            # files are the partitions; the model and the history go to each worker once, not per file
+            done = eng.map(
+                score_partition,
+                files,
+                storage,
+                shared={"model": model.with_threads(1), "history": history},
+                settings=settings,
+                version=version,
+                scored_at=scored_at,
+                progress=None,
+            )
+            storage.remove_leftovers(PREDICTIONS)  # what attempts on a lost worker left (never a live writer)
+            for rel, (score, error) in zip(files, done, strict=True):
+                if score is not None:
+                    results.append(score)
+                if error is not None:
+                    failures[rel] = error
         seconds = time.perf_counter() - started
         rows = sum(r.rows for r in results)
         totals = BatchTotals(

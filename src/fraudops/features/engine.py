@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import polars as pl
 
@@ -26,11 +27,15 @@ from fraudops.features.definitions import (
     lookback_days,
 )
 
-__all__ = ["add_features", "features_for"]
+__all__ = ["add_features", "features_for", "local_windows", "partition_windows"]
 
 # internal column names (cannot clash with users' columns that matter: only these are computed on)
 _I, _T, _C, _M, _A, _Y, _ONE = "__fo_i", "__fo_t", "__fo_c", "__fo_m", "__fo_a", "__fo_y", "__fo_one"
 _NEW, _K, _B, _P = "__fo_new", "__fo_key", "__fo_batch", "__fo_pair"
+# what a scaled computation's partitions carry besides the narrow columns: the row's position, and whether
+# the row is the partition's own (else look-back only)
+ROW, OWN = "__fo_row", "__fo_own"
+TIME, CUSTOMER_KEY, TERMINAL_KEY = _T, _C, _M
 # packed sort keys (group code x stride + time) stay below this, so no Int64 overflow
 _KEY_LIMIT = 2**62
 
@@ -218,15 +223,9 @@ def _new_terminal(df: pl.DataFrame) -> pl.DataFrame:
     return df.select(_I, (~recent).cast(pl.Int8).alias(NEW_TERMINAL))
 
 
-def _compute(narrow: pl.DataFrame, cfg: FeaturesConfig) -> pl.DataFrame:
-    """Feature columns (feature_names order) for the rows of ``narrow``, in its order."""
-    check_windows(cfg)
-    out = narrow.select(
-        pl.col(_A).alias(AMOUNT),
-        (pl.col(_T).dt.weekday() >= 6).cast(pl.Int8).alias("TX_DURING_WEEKEND"),
-        (pl.col(_T).dt.hour() <= 6).cast(pl.Int8).alias("TX_DURING_NIGHT"),
-    )
-    # integer microseconds from the first transaction; customers and terminals as Int64 codes
+def _base(narrow: pl.DataFrame, cfg: FeaturesConfig) -> tuple[pl.DataFrame, int]:
+    """Integer microseconds from the first transaction, customers and terminals as Int64 codes, a row
+    index _I; and the key stride of :func:`_keyed`."""
     t = pl.col(_T).dt.epoch("us")
     base = narrow.select(
         pl.int_range(pl.len(), dtype=pl.UInt32).alias(_I),
@@ -238,15 +237,61 @@ def _compute(narrow: pl.DataFrame, cfg: FeaturesConfig) -> pl.DataFrame:
         _group_codes(narrow.get_column(_C)).alias(_C), _group_codes(narrow.get_column(_M)).alias(_M)
     )
     span = _int(base.get_column(_T).max() or 0)
-    stride = span + lookback_days(cfg) * US_PER_DAY + 1
+    return base, span + lookback_days(cfg) * US_PER_DAY + 1
+
+
+def _customer_parts(base: pl.DataFrame, cfg: FeaturesConfig, stride: int) -> list[pl.DataFrame]:
     # the amount as last sort key makes the summation order, hence every bit, independent of row order
     by_customer, batch = _keyed(base.select(_I, _C, _M, _A, _T, _ONE), _C, stride, _A)
-    parts = [_customer_features(by_customer, batch, cfg), _terminal_features(base, cfg, stride)]
+    parts = [_customer_features(by_customer, batch, cfg)]
     if cfg.extra:
         parts.append(_new_terminal(by_customer))
-    for part in parts:
-        out = out.hstack(part.sort(_I).drop(_I))
-    return out.select(feature_names(cfg))
+    return parts
+
+
+def _hstacked(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """The parts' feature columns side by side, in row (_I) order."""
+    return pl.concat([part.sort(_I).drop(_I) for part in parts], how="horizontal")
+
+
+Windows = Callable[[pl.DataFrame, FeaturesConfig], pl.DataFrame]
+"""(narrow rows, cfg) → the customer and terminal window columns of those rows, in their order."""
+
+
+def local_windows(narrow: pl.DataFrame, cfg: FeaturesConfig) -> pl.DataFrame:
+    """Every window feature of ``narrow``'s rows in this process."""
+    base, stride = _base(narrow, cfg)
+    return _hstacked([*_customer_parts(base, cfg, stride), _terminal_features(base, cfg, stride)])
+
+
+def partition_windows(part: pl.DataFrame, cfg: FeaturesConfig, entity: str) -> pl.DataFrame:
+    """One partition of a scaled computation: the ``entity`` ("customer" or "terminal") window columns
+    of the rows with ``OWN`` set, next to their ``ROW``.
+
+    ``part`` holds the narrow columns (:func:`_narrow`) of every row of some customers (or terminals) in a
+    time span, plus the look-back before it (``OWN`` false): the same code as the local engine, on fewer
+    rows.
+    """
+    check_windows(cfg)
+    narrow_part = part.drop(ROW, OWN)
+    base, stride = _base(narrow_part, cfg)
+    parts = (
+        _customer_parts(base, cfg, stride)
+        if entity == "customer"
+        else [_terminal_features(base, cfg, stride)]
+    )
+    return part.select(ROW).hstack(_hstacked(parts)).filter(part.get_column(OWN))
+
+
+def _compute(narrow: pl.DataFrame, cfg: FeaturesConfig, windows: Windows | None = None) -> pl.DataFrame:
+    """Feature columns (feature_names order) for the rows of ``narrow``, in its order."""
+    check_windows(cfg)
+    out = narrow.select(
+        pl.col(_A).alias(AMOUNT),
+        (pl.col(_T).dt.weekday() >= 6).cast(pl.Int8).alias("TX_DURING_WEEKEND"),
+        (pl.col(_T).dt.hour() <= 6).cast(pl.Int8).alias("TX_DURING_NIGHT"),
+    )
+    return out.hstack((windows or local_windows)(narrow, cfg)).select(feature_names(cfg))
 
 
 def _attach(tx: pl.DataFrame, feats: pl.DataFrame) -> pl.DataFrame:
@@ -254,7 +299,9 @@ def _attach(tx: pl.DataFrame, feats: pl.DataFrame) -> pl.DataFrame:
     return tx.select(keep).with_columns(pl.col(AMOUNT).cast(pl.Float64)).hstack(feats.drop(AMOUNT))
 
 
-def add_features(tx: pl.DataFrame | pl.LazyFrame, cfg: FeaturesConfig | None = None) -> pl.DataFrame:
+def add_features(
+    tx: pl.DataFrame | pl.LazyFrame, cfg: FeaturesConfig | None = None, *, windows: Windows | None = None
+) -> pl.DataFrame:
     """``tx`` (input order kept, every column kept) plus the :func:`feature_names` columns.
 
     Every row's features are computed from the rows of ``tx`` alone: give it the history you want
@@ -262,13 +309,15 @@ def add_features(tx: pl.DataFrame | pl.LazyFrame, cfg: FeaturesConfig | None = N
     """
     cfg = cfg or FeaturesConfig()
     tx = _as_frame(tx, "transactions")
-    return _attach(tx, _compute(_narrow(tx), cfg))
+    return _attach(tx, _compute(_narrow(tx), cfg, windows))
 
 
 def features_for(
     new: pl.DataFrame | pl.LazyFrame,
     history: pl.DataFrame | pl.LazyFrame | None,
     cfg: FeaturesConfig | None = None,
+    *,
+    windows: Windows | None = None,
 ) -> pl.DataFrame:
     """Rows of ``new`` (same order, all columns) with features computed over ``history`` + ``new``.
 
@@ -280,7 +329,7 @@ def features_for(
     new = _as_frame(new, "new transactions")
     new_narrow = _narrow(new)
     if history is None or new.height == 0:
-        return _attach(new, _compute(new_narrow, cfg))
+        return _attach(new, _compute(new_narrow, cfg, windows))
     history = _as_frame(history, "history")
     if TX_ID in new.columns and TX_ID in history.columns:
         ids = new.get_column(TX_ID).drop_nulls().unique().cast(history.schema[TX_ID], strict=False)
@@ -298,5 +347,5 @@ def features_for(
         ],
         how="vertical_relaxed",
     )
-    feats = _compute(union.drop(_NEW), cfg).filter(union.get_column(_NEW))
+    feats = _compute(union.drop(_NEW), cfg, windows).filter(union.get_column(_NEW))
     return _attach(new, feats)

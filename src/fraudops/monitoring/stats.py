@@ -48,6 +48,7 @@ import numpy as np
 import polars as pl
 from scipy.stats import kstwo
 
+from fraudops import compute
 from fraudops.config import MonitorConfig
 
 PSI_EPSILON = 1e-4
@@ -267,6 +268,10 @@ def _verdict(stats: ColumnDrift, cfg: MonitorConfig) -> tuple[bool, str]:
     return bool(reasons), "; ".join(reasons)
 
 
+def _pair_drift(pair: tuple[pl.Series, pl.Series], bins: int) -> ColumnDrift:
+    return column_drift(pair[0], pair[1], bins)
+
+
 def _default_jobs(n_tasks: int) -> int:
     return max(1, min(n_tasks, os.cpu_count() or 1))
 
@@ -288,7 +293,8 @@ def drift_table(
     decide; the p-value is still reported. ``reason`` names every rule that fired (empty if none).
 
     Columns: ``DRIFT_COLUMNS`` (``n_*`` = finite values, ``missing_*`` = null / NaN / +-inf counts).
-    Features run in a thread pool of ``n_jobs`` threads (default: one per CPU).
+    Features run in a thread pool of ``n_jobs`` threads (default: one per CPU), or one task per feature
+    on the compute session's Dask workers (the same exact statistics: a column must fit one worker).
     """
     features = list(features)
     for name, frame in (("reference", reference), ("current", current)):
@@ -298,13 +304,17 @@ def drift_table(
 
     jobs = n_jobs or _default_jobs(len(features))
     parallel = jobs > 1 and len(features) > 1
+    eng = compute.current()
 
     def one(feature: str) -> ColumnDrift:
         r = _sorted_finite(reference.get_column(feature), multithreaded=not parallel)
         c = _sorted_finite(current.get_column(feature), multithreaded=not parallel)
         return _column_drift_sorted(r, c, cfg.bins)
 
-    if parallel:
+    if eng is not None:  # columns are the partitions: each one's exact statistics on a worker
+        pairs = [(reference.get_column(f), current.get_column(f)) for f in features]
+        results = eng.map(_pair_drift, pairs, cfg.bins, send=True)
+    elif parallel:
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="drift") as pool:
             results = list(pool.map(one, features))
     else:

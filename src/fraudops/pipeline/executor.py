@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from fraudops import __version__, retries
+from fraudops import __version__, compute, retries
 from fraudops.config import Settings
 from fraudops.context import Progress, StepContext, StepResult
 from fraudops.errors import FraudopsError
@@ -152,7 +152,8 @@ def execute(
         if lock.taken_over:
             history.mark_lost(lock.taken_over)
         run = _Execution(settings, storage, pipeline, history, emit, progress)
-        return run(inp, execution_id, dict(previous or {}))
+        with compute.session(settings.compute):  # a LocalCluster lives for the execution
+            return run(inp, execution_id, dict(previous or {}))
     finally:
         if own_lock:
             lock.release()

@@ -1,0 +1,211 @@
+"""Benchmark the Dask engine against the local one: features and batch scoring, 1 and 2 workers.
+
+    uv run python benchmarks/bench_dask.py [--customers 5000] [--days 183] [--files 8] [--runs 3]
+        [--memory-limit 2GB]
+
+Data: ``fraudops.data.simulate`` (``--customers`` x ``--days``; the defaults are the handbook's 1.75 M
+transactions). Features: ``fraudops.features.add_features`` on every transaction, in this process (local
+engine) and on a ``LocalCluster`` of 1 and of 2 worker processes (one thread each, ``--memory-limit``
+each; cluster start-up and a warm-up run not timed). Batch: the featured rows written as ``--files``
+Parquet files of a features-kind workspace, scored by the batch step's per-file function with a small
+XGBoost model, in this process and as one task per file on the clusters. Each figure is the median of
+``--runs``; throughput = transactions / second; peak memory per worker = the worker process's
+``VmHWM`` after the runs (compared with its limit). Results: a markdown table on stdout and
+``benchmarks/results/dask.json`` (with the machine load before and after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "dask.json"
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM (``ru_maxrss`` would report the parent's RSS at the
+    fork for a spawned worker, since Linux keeps it across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def median_seconds(fn: Callable[[], Any], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def make_data(customers: int, days: int) -> pl.DataFrame:
+    from fraudops.config import SimulateConfig
+    from fraudops.data.simulate import simulate
+
+    return simulate(SimulateConfig(n_customers=customers, n_terminals=2 * customers, n_days=days))
+
+
+def batch_setup(featured: pl.DataFrame, files: int, root: Path) -> tuple[Any, Any, Any, list[str]]:
+    """A features-kind workspace with the featured rows as Parquet files in prod_inputs/, and a model."""
+    from fraudops.config import Settings
+    from fraudops.features import feature_names
+    from fraudops.modeling.train import fit_xgboost
+    from fraudops.workspace.layout import PROD_INPUTS
+    from fraudops.workspace.storage import Storage
+
+    names = feature_names()
+    settings = Settings(
+        workspace=str(root),
+        data={
+            "kind": "features",
+            "feature_columns": names,
+            "columns": {"timestamp": None, "amount": None, "transaction_id": "TRANSACTION_ID"},
+        },
+    )
+    storage = Storage(str(root))
+    table = featured.select("TRANSACTION_ID", *names, pl.col("TX_FRAUD").alias("Class"))
+    sample = table.sample(min(table.height, 200_000), seed=0)
+    cfg = settings.train.model_copy(
+        update={"xgboost": {**settings.train.xgboost, "n_estimators": 100, "early_stopping_rounds": None}}
+    )
+    x = sample.select(names).to_numpy().astype(np.float32)
+    model = fit_xgboost(x, sample["Class"].to_numpy(), names, cfg)
+    size = -(-table.height // files)
+    rels = []
+    for i in range(files):
+        rel = f"{PROD_INPUTS}/part-{i:03d}.parquet"
+        storage.write_frame(rel, table.slice(i * size, size).drop("Class"))
+        rels.append(rel)
+    return settings, storage, model, rels
+
+
+def dist_batch(eng: Any, model: Any, rels: list[str], storage: Any, settings: Any, scored_at: Any) -> None:
+    """The batch step's fan-out: the model once per worker, one task per file."""
+    from fraudops.batch.step import score_partition
+
+    shared = {"model": model, "history": None}
+    done = eng.map(
+        score_partition,
+        rels,
+        storage,
+        shared=shared,
+        settings=settings,
+        version=1,
+        scored_at=scored_at,
+        progress=None,
+    )
+    assert all(error is None for _, error in done), done
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--customers", type=int, default=5000)
+    parser.add_argument("--days", type=int, default=183)
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--memory-limit", default="2GB")
+    args = parser.parse_args()
+
+    from fraudops import process
+
+    process.configure()  # as the CLI does: OpenMP threads sleep instead of spinning (workers inherit it)
+    from distributed import Client
+
+    from fraudops import compute
+    from fraudops.batch.step import score_partition
+    from fraudops.features import add_features
+    from fraudops.features.engine import add_features as local_add_features
+
+    load_before = os.getloadavg()
+    tx = make_data(args.customers, args.days)
+    n = tx.height
+    print(
+        f"{n:,} transactions ({args.customers} customers x {args.days} days); load {load_before}", flush=True
+    )
+    featured = local_add_features(tx)
+    out: dict[str, Any] = {"transactions": n, "customers": args.customers, "days": args.days}
+    out["local"] = {"features_s": median_seconds(lambda: local_add_features(tx), args.runs)}
+    print(f"local features {out['local']['features_s']:.2f} s", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="bench-dask-") as tmp:
+        settings, storage, model, rels = batch_setup(featured, args.files, Path(tmp))
+        scored_at = dt.datetime.now(dt.UTC)
+        threads_model = model.with_threads(2)
+
+        def local_batch() -> None:
+            for rel in rels:
+                _, error = score_partition(rel, storage, threads_model, settings, 1, scored_at, None, None)
+                assert error is None, error
+
+        out["local"]["batch_s"] = median_seconds(local_batch, args.runs)
+        out["local"]["peak_rss_mb"] = round(peak_rss_mb())
+        print(f"local batch {out['local']['batch_s']:.2f} s", flush=True)
+
+        for workers in (1, 2):
+            partition_rows = max(50_000, -(-n // (4 * workers)))
+            with (
+                compute.local_cluster(workers, args.memory_limit) as cluster,
+                Client(cluster) as client,
+                compute.attach(client, partition_rows=partition_rows) as eng,
+            ):
+                add_features(tx.head(50_000))  # warm-up: imports on the workers
+                feat_s = median_seconds(lambda: add_features(tx), args.runs)
+                job = (eng, model.with_threads(1), rels, storage, settings, scored_at)
+                dist_batch(*job)  # warm-up: the workers import the scoring code
+                batch_s = median_seconds(lambda job=job: dist_batch(*job), args.runs)
+                peaks = client.run(peak_rss_mb)
+            out[f"dask_{workers}"] = {
+                "features_s": feat_s,
+                "batch_s": batch_s,
+                "partition_rows": partition_rows,
+                "worker_peak_rss_mb": sorted(round(v) for v in peaks.values()),
+                "worker_memory_limit": args.memory_limit,
+            }
+            print(
+                f"dask {workers} workers: features {feat_s:.2f} s, batch {batch_s:.2f} s, peaks {peaks}",
+                flush=True,
+            )
+    out["load_before"], out["load_after"] = load_before, os.getloadavg()
+    for what in ("features", "batch"):
+        local, one, two = (out[k][f"{what}_s"] for k in ("local", "dask_1", "dask_2"))
+        out[f"{what}_ratios"] = {"2_over_1_workers": one / two, "2_workers_over_local": local / two}
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    print("\n| engine | features s | features tx/s | batch s | batch tx/s | worker peak RSS MB |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for key in ("local", "dask_1", "dask_2"):
+        r = out[key]
+        peaks_txt = ", ".join(map(str, r.get("worker_peak_rss_mb", [r.get("peak_rss_mb")])))
+        print(
+            f"| {key} | {r['features_s']:.2f} | {n / r['features_s']:,.0f} | {r['batch_s']:.2f} "
+            f"| {n / r['batch_s']:,.0f} | {peaks_txt} |"
+        )
+    for what in ("features", "batch"):
+        ratios = out[f"{what}_ratios"]
+        print(
+            f"{what}: 2 workers / 1 worker = {ratios['2_over_1_workers']:.2f}x, "
+            f"2 workers / local = {ratios['2_workers_over_local']:.2f}x"
+        )
+    print(f"load before {load_before}, after {out['load_after']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

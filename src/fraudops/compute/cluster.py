@@ -1,0 +1,196 @@
+"""The cluster and client lifecycle, and the few ways stages hand work to it.
+
+``session(cfg)`` starts a ``distributed.LocalCluster`` of ``cfg.workers`` processes (one thread each,
+``cfg.worker_memory_limit`` each) for the command when ``cfg.scheduler`` is null, or connects a client to
+the given scheduler; the engine is active (:func:`current`) until the block ends, then the client closes
+and a cluster it started stops. Worker processes get ``POLARS_MAX_THREADS`` and ``OMP_NUM_THREADS`` equal
+to their thread count, so N workers use N cores, not N times all of them.
+
+Failures: a worker that dies (killed, over its memory limit) is restarted by its nanny and the scheduler
+reruns its tasks elsewhere (up to ``distributed.scheduler.allowed-failures`` times); data sent with
+:meth:`Engine.broadcast` lives on every worker, so it survives the loss of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import itertools
+import uuid
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from fraudops.config import ComputeConfig
+from fraudops.errors import ConfigError
+
+if TYPE_CHECKING:
+    from distributed import Client, Future, LocalCluster
+
+T = TypeVar("T")
+R = TypeVar("R")
+K = TypeVar("K", bound=Hashable)
+
+_CURRENT: contextvars.ContextVar[Engine | None] = contextvars.ContextVar("fraudops_compute", default=None)
+CONNECT_TIMEOUT = "30s"
+LOST_DATA_ROUNDS = 3
+
+
+def _pick(parts: dict[Any, Any], key: Any) -> Any:
+    return parts.get(key)
+
+
+def _keys(parts: dict[Any, Any]) -> list[Any]:
+    return list(parts)
+
+
+class Engine:
+    """A Dask client with the operations fraudops' stages use."""
+
+    def __init__(self, client: Client, partition_rows: int = ComputeConfig().partition_rows) -> None:
+        self.client = client
+        self.partition_rows = partition_rows
+        self._names = (f"fraudops-{uuid.uuid4().hex[:8]}-{i}" for i in itertools.count())
+
+    @property
+    def workers(self) -> int:
+        return len(self.client.scheduler_info()["workers"])
+
+    def _key(self, what: str) -> str:
+        return f"{what}-{next(self._names)}"
+
+    def broadcast(self, value: T) -> Future:
+        """``value`` copied once to every worker (not once per task); pass the future to :meth:`map`."""
+        return self.client.scatter(value, broadcast=True, hash=False)
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        items: Sequence[Any],
+        *args: Any,
+        send: bool = False,
+        shared: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> list[R]:
+        """``[fn(item, *args, **shared, **kwargs) for item in items]``, one task per item, in item order;
+        the first task error is raised here (the other tasks are released with their futures).
+
+        ``shared`` values (a model, a history) go to every worker once (:meth:`broadcast`), not once per
+        task. Small items (names, paths) travel inside the tasks; ``send`` ships big items (frames) to the
+        workers first. A task whose worker dies is rerun by the scheduler; one whose shared or sent data
+        was lost with a worker (Dask keeps one replica of scattered data) is resubmitted with the data sent
+        again, up to ``LOST_DATA_ROUNDS`` times.
+        """
+        from distributed.client import FutureCancelledError
+
+        name = getattr(fn, "__name__", "task")
+        results: dict[int, R] = {}
+        todo = list(range(len(items)))
+        for _ in range(LOST_DATA_ROUNDS + 1):
+            sent = {k: None if v is None else self.broadcast(v) for k, v in (shared or {}).items()}
+            inputs = [items[i] for i in todo]
+            if send:
+                inputs = self.client.scatter(inputs, hash=False)
+            futures = {
+                i: self.client.submit(fn, item, *args, key=self._key(name), pure=False, **sent, **kwargs)
+                for i, item in zip(todo, inputs, strict=True)
+            }
+            lost = []
+            for i, future in futures.items():
+                try:
+                    results[i] = future.result()
+                except FutureCancelledError:
+                    lost.append(i)
+            if not lost:
+                return [results[i] for i in range(len(items))]
+            todo = lost
+        raise RuntimeError(f"{name}: data sent to the workers was lost {LOST_DATA_ROUNDS + 1} times")
+
+    def exchange(
+        self,
+        inputs: Sequence[T],
+        split: Callable[..., dict[K, Any]],
+        split_args: tuple[Any, ...],
+        combine: Callable[..., R],
+        combine_args: tuple[Any, ...],
+    ) -> dict[K, R]:
+        """A hash shuffle: ``split(input, *split_args)`` runs per input and gives ``{key: piece}``;
+        then ``combine(key, pieces, *combine_args)`` runs once per key with every input's piece of it.
+
+        Inputs are sent to the workers once; pieces move worker to worker, never through this process.
+        """
+        sent = self.client.scatter(list(inputs), hash=False)
+        splits = [self.client.submit(split, s, *split_args, key=self._key("split"), pure=False) for s in sent]
+        key_lists = self.client.gather(
+            [self.client.submit(_keys, f, key=self._key("keys"), pure=False) for f in splits]
+        )
+        keys = sorted({k for ks in key_lists for k in ks})
+        combined = {}
+        for k in keys:
+            pieces = [
+                self.client.submit(_pick, f, k, key=self._key("pick"), pure=False)
+                for f, ks in zip(splits, key_lists, strict=True)
+                if k in ks
+            ]
+            combined[k] = self.client.submit(
+                combine, k, pieces, *combine_args, key=self._key("combine"), pure=False
+            )
+        results = self.client.gather(list(combined.values()))
+        return dict(zip(combined, results, strict=True))
+
+
+def current() -> Engine | None:
+    """The engine of the running command's session, None = compute here (``compute.engine: local``)."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def attach(client: Client, partition_rows: int = ComputeConfig().partition_rows) -> Iterator[Engine]:
+    """Use an existing client (tests, benchmarks, an embedding application) for the block."""
+    engine = Engine(client, partition_rows)
+    token = _CURRENT.set(engine)
+    try:
+        yield engine
+    finally:
+        _CURRENT.reset(token)
+
+
+def local_cluster(workers: int, memory_limit: str | int, threads: int = 1) -> LocalCluster:
+    """A LocalCluster of worker processes on 127.0.0.1 whose libraries use ``threads`` threads each."""
+    import dask
+    from distributed import LocalCluster
+
+    environ = {"POLARS_MAX_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in environ.items()}):
+        return LocalCluster(
+            n_workers=workers,
+            threads_per_worker=threads,
+            processes=True,
+            memory_limit=memory_limit,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",  # its HTTP endpoints on loopback, a free port
+        )
+
+
+@contextlib.contextmanager
+def session(cfg: ComputeConfig) -> Iterator[Engine | None]:
+    """The command's engine: None for ``local``; for ``dask`` a started LocalCluster or the given scheduler.
+
+    Nested sessions reuse the active engine.
+    """
+    if cfg.engine == "local" or current() is not None:
+        yield current()
+        return
+    from distributed import Client
+
+    with contextlib.ExitStack() as stack:
+        if cfg.scheduler is None:
+            cluster = stack.enter_context(local_cluster(cfg.workers, cfg.worker_memory_limit))
+            client = stack.enter_context(Client(cluster))
+        else:
+            try:
+                client = stack.enter_context(Client(cfg.scheduler, timeout=CONNECT_TIMEOUT))
+            except (OSError, TimeoutError) as e:
+                raise ConfigError(
+                    f"compute.scheduler: no Dask scheduler answers at {cfg.scheduler} ({e})"
+                ) from e
+        yield stack.enter_context(attach(client, cfg.partition_rows))

@@ -1,0 +1,87 @@
+"""The Dask engine on a real LocalCluster (two worker processes): the same features as the local engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from distributed import Client
+
+from fraudops import compute, features
+from fraudops.config import ComputeConfig, FeaturesConfig, SimulateConfig
+from fraudops.data.simulate import simulate
+from fraudops.errors import ConfigError
+from fraudops.features import engine, scaled
+
+pytestmark = pytest.mark.slow
+
+SHORT = FeaturesConfig(customer_windows=[1, 3], terminal_windows=[1, 5], delay_days=2, extra=False)
+
+
+@pytest.fixture(scope="module")
+def tx() -> pl.DataFrame:
+    return simulate(SimulateConfig(n_customers=150, n_terminals=300, n_days=60, seed=3))
+
+
+def assert_same(local: pl.DataFrame, dist: pl.DataFrame, cfg: FeaturesConfig) -> None:
+    assert dist.columns == local.columns
+    assert dist.schema == local.schema
+    assert dist["TRANSACTION_ID"].to_list() == local["TRANSACTION_ID"].to_list()
+    for name in features.feature_names(cfg):
+        a, b = local[name].to_numpy(), dist[name].to_numpy()
+        if local.schema[name].is_integer():
+            np.testing.assert_array_equal(b, a, err_msg=name)
+        else:
+            np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-9, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "partition_rows", "ids"),
+    [
+        (FeaturesConfig(), 6_000, pl.Int64),  # customer/terminal buckets, one time block
+        (SHORT, 6_000, pl.Int64),  # buckets x time blocks, each block with its look-back
+        (SHORT, 6_000, pl.String),  # text ids: hashed to their buckets
+    ],
+)
+def test_features_equal_the_local_engine(
+    dask_client: Client, tx: pl.DataFrame, cfg: FeaturesConfig, partition_rows: int, ids: pl.DataType
+) -> None:
+    tx = tx.with_columns(pl.col("CUSTOMER_ID", "TERMINAL_ID").cast(ids)).sample(fraction=1.0, seed=1)
+    local = engine.add_features(tx, cfg)
+    day = 86_400_000_000
+    buckets, blocks = scaled._layout(
+        tx.height, 60 * day, 2, partition_rows, features.lookback_days(cfg) * day
+    )
+    assert buckets >= 2 and (blocks >= 2) == (not cfg.extra)  # the data really is cut
+    with compute.attach(dask_client, partition_rows=partition_rows):
+        dist = features.add_features(tx, cfg)
+    assert_same(local, dist, cfg)
+
+
+def test_features_for_new_rows_over_history_equal_the_local_engine(
+    dask_client: Client, tx: pl.DataFrame
+) -> None:
+    cut = tx["TX_DATETIME"].dt.date().unique().sort()[45]
+    history = tx.filter(pl.col("TX_DATETIME").dt.date() < cut)
+    new = tx.filter(pl.col("TX_DATETIME").dt.date() >= cut).drop("TX_FRAUD")
+    local = engine.features_for(new, history, FeaturesConfig())
+    with compute.attach(dask_client, partition_rows=6_000):
+        dist = features.features_for(new, history, FeaturesConfig())
+    assert_same(local, dist, FeaturesConfig())
+
+
+def test_without_a_session_features_run_here(tx: pl.DataFrame) -> None:
+    assert compute.current() is None
+    assert features.add_features(tx.head(500)).equals(engine.add_features(tx.head(500)))
+
+
+def test_a_scheduler_that_does_not_answer_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compute.cluster, "CONNECT_TIMEOUT", "2s")
+    cfg = ComputeConfig(engine="dask", scheduler="tcp://127.0.0.1:9")
+    with (
+        pytest.raises(
+            ConfigError, match=r"compute.scheduler: no Dask scheduler answers at tcp://127.0.0.1:9"
+        ),
+        compute.session(cfg),
+    ):
+        pass

@@ -1,0 +1,201 @@
+"""Batch scoring, drift and `fraudops run` on a real Dask LocalCluster: the local engine's outputs, a
+worker killed mid-batch, the command end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import polars as pl
+import pytest
+from distributed import Client, WorkerPlugin
+
+from fraudops import compute
+from fraudops.batch.step import batch_step
+from fraudops.config import MonitorConfig, Settings, SimulateConfig
+from fraudops.context import StepContext
+from fraudops.data import simulate
+from fraudops.data.schema import LABEL, SCENARIO, to_file_columns
+from fraudops.monitoring.stats import drift_table
+from fraudops.workspace import init_workspace
+from fraudops.workspace.layout import PREDICTIONS, PROD_INPUTS, RAW
+from fraudops.workspace.storage import Storage
+from helpers import SMALL_XGB, open_ws, train_register_promote
+
+pytestmark = pytest.mark.slow
+
+N_DAYS, HELD_OUT = 50, 4
+
+
+def _write_days(
+    storage: Storage, settings: Settings, folder: str, days: list[tuple[Any, pl.DataFrame]]
+) -> None:
+    for day, frame in days:
+        storage.write_frame(f"{folder}/{simulate.day_file_name(day)}", to_file_columns(frame, settings.data))
+
+
+@pytest.fixture(scope="module")
+def tx_ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Transactions kind: a champion trained on data/raw/, the last days unlabelled in prod_inputs/."""
+    ws = tmp_path_factory.mktemp("dask") / "ws"
+    ws.mkdir()
+    settings, _ = init_workspace(str(ws))
+    storage = Storage(settings.workspace)
+    df = simulate.simulate(SimulateConfig(n_customers=200, n_terminals=400, n_days=N_DAYS, seed=5))
+    days = list(simulate.iter_days(df))
+    _write_days(storage, settings, RAW, days[:-HELD_OUT])
+    train_register_promote(settings, storage)
+    held = [(d, f.drop(LABEL, SCENARIO)) for d, f in days[-HELD_OUT:]]
+    _write_days(storage, settings, PROD_INPUTS, held)
+    return {"ws": ws}
+
+
+def _outputs(storage: Storage) -> dict[str, pl.DataFrame]:
+    """Every output file, without the run's timestamp."""
+    return {rel: storage.read_frame(rel).drop("scored_at") for rel in storage.ls(PREDICTIONS)}
+
+
+def _hidden(ws: Path) -> list[str]:
+    return [p.name for p in (ws / PREDICTIONS).iterdir() if p.name.startswith(".")]
+
+
+def _run_batch(ws: Path, client: Client | None) -> dict[str, pl.DataFrame]:
+    settings, storage = open_ws(ws)
+    storage.delete(PREDICTIONS, recursive=True)
+    if client is None:
+        result = batch_step(StepContext(settings, storage))
+    else:
+        with compute.attach(client):
+            result = batch_step(StepContext(settings, storage))
+    assert not result.failed and result.totals.files == len(storage.ls(PROD_INPUTS))
+    return _outputs(storage)
+
+
+def test_batch_on_the_cluster_gives_the_local_predictions(dask_client: Client, tx_ws: dict[str, Any]) -> None:
+    local = _run_batch(tx_ws["ws"], None)
+    dist = _run_batch(tx_ws["ws"], dask_client)
+    assert sorted(dist) == sorted(local) and len(local) == HELD_OUT
+    for rel, frame in local.items():
+        assert dist[rel].equals(frame), rel  # same rows, order, ids and identical probabilities
+        assert frame["fraud_probability"].n_unique() > 10
+
+
+class KillWhileWriting(WorkerPlugin):
+    """A worker plugin: the first worker to start scoring a file kills itself (SIGKILL) once a hidden
+    temporary output is in the folder, i.e. in the middle of writing; the marker file keeps it to once."""
+
+    def __init__(self, folder: str, marker: str) -> None:
+        self.folder, self.marker = folder, marker
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if finish != "executing" or "score_partition" not in str(key):
+            return
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        threading.Thread(target=self._kill, daemon=True).start()
+
+    def _kill(self) -> None:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if os.path.isdir(self.folder) and any(n.startswith(".") for n in os.listdir(self.folder)):
+                break
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_killed_mid_batch_the_step_completes_and_leaves_no_partial_output(
+    dask_client: Client, tx_ws: dict[str, Any]
+) -> None:
+    ws = tx_ws["ws"]
+    settings, storage = open_ws(ws)
+    expected = _run_batch(ws, None)
+    # more files than workers, so that a kill lands while files are being scored
+    copies = []
+    for rel in storage.ls(PROD_INPUTS):
+        stem, ext = posixpath.splitext(rel)
+        for copy in range(3):
+            copies.append(f"{stem}-copy{copy}{ext}")
+            storage.write_bytes(copies[-1], storage.read_bytes(rel))
+    storage.delete(PREDICTIONS, recursive=True)
+    pids = set(dask_client.run(os.getpid).values())
+    marker = ws.parent / "killed"
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    dask_client.register_plugin(KillWhileWriting(str(ws / PREDICTIONS), str(marker)), name="kill")
+    try:
+        with compute.attach(dask_client):
+            result = batch_step(StepContext(settings, storage))
+    finally:
+        dask_client.unregister_worker_plugin("kill")
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    killed = [int(marker.read_text())] if marker.exists() else []
+    assert killed and killed[0] in pids, "no worker was killed"
+    assert not result.failed and result.totals.files == HELD_OUT * 4
+    out = _outputs(storage)
+    assert len(out) == HELD_OUT * 4 and not _hidden(ws)
+    for rel, frame in out.items():
+        original = next(r for r in expected if Path(rel).name.startswith(Path(r).name.split(".out")[0]))
+        assert frame.equals(expected[original]), rel
+    assert killed[0] not in dask_client.run(os.getpid).values()  # it really died (its nanny restarts it)
+    for rel in copies:
+        storage.delete(rel)
+
+
+def test_drift_on_the_cluster_equals_the_local_statistics(dask_client: Client) -> None:
+    rng = np.random.default_rng(0)
+    names = [f"f{i}" for i in range(6)]
+    ref = pl.DataFrame({n: rng.normal(0, 1, 20_000) for n in names})
+    cur = pl.DataFrame({n: rng.normal(0.1 * i, 1 + 0.1 * i, 30_000) for i, n in enumerate(names)})
+    cur = cur.with_columns(pl.when(pl.col("f5") > 2).then(None).otherwise(pl.col("f5")).alias("f5"))
+    cfg = MonitorConfig()
+    local = drift_table(ref, cur, names, cfg)
+    with compute.attach(dask_client):
+        dist = drift_table(ref, cur, names, cfg)
+    # the same decision and counts; the statistics to float rounding (a worker sums with one thread)
+    exact = ["feature", "drift_detected", "reason", "n_ref", "n_cur", "missing_ref", "missing_cur"]
+    assert dist.select(exact).equals(local.select(exact))
+    for col in ("ks_statistic", "ks_pvalue", "psi", "wasserstein"):
+        np.testing.assert_allclose(dist[col].to_numpy(), local[col].to_numpy(), rtol=1e-12, err_msg=col)
+    assert 0 < local["drift_detected"].sum() < len(names)
+
+
+def test_fraudops_run_with_the_dask_engine(dask_client: Client, tmp_path: Path) -> None:
+    """`fraudops run` end to end, its compute engine the cluster's scheduler (compute.scheduler)."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    xgb = json.dumps(SMALL_XGB)
+    (ws / "fraudops.yaml").write_text(
+        f"train: {{candidates: [xgboost], min_frauds: 5, xgboost: {xgb}}}\n"
+        f"compute: {{engine: dask, scheduler: {dask_client.scheduler.address}}}\n"
+        "registry: {gate_min_auc: 0.5, gate_ap_over_fraud_rate: 1.0}\n"  # a small model must pass the gate
+    )
+    settings, _ = init_workspace(str(ws))
+    storage = Storage(settings.workspace)
+    df = simulate.simulate(SimulateConfig(n_customers=200, n_terminals=400, n_days=N_DAYS, seed=5))
+    days = list(simulate.iter_days(df))
+    _write_days(storage, settings, RAW, days[:-HELD_OUT])
+    _write_days(storage, settings, PROD_INPUTS, [(d, f.drop(LABEL, SCENARIO)) for d, f in days[-2:]])
+    proc = subprocess.run(
+        [sys.executable, "-m", "fraudops.cli", "run", "--workspace", str(ws)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "250"},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(storage.ls(PREDICTIONS)) == 2
+    assert storage.exists("prod_outputs/monitoring/retrain_decision.csv") or "SUCCEEDED" in proc.stdout
