@@ -13,6 +13,7 @@ from fraudops.batch.scoring import FileScore, score_file
 from fraudops.context import StepContext, StepResult
 from fraudops.data.loading import load_history, table_files
 from fraudops.errors import FraudopsError, StorageError
+from fraudops.modeling.explain import Explainer
 from fraudops.modeling.registry import champion
 from fraudops.promotion import journal
 from fraudops.tracking.client import client, step_run
@@ -81,6 +82,7 @@ def batch_step(ctx: StepContext) -> BatchResult:
     if settings.data.kind == "transactions":
         loaded = load_history(storage, settings)
         history = loaded if loaded.height else None
+    explainer = Explainer(model) if settings.batch.reasons != "off" else None
     scored_at = dt.datetime.now(dt.UTC)
     results: list[FileScore] = []
     failures: dict[str, str] = {}
@@ -114,6 +116,7 @@ def batch_step(ctx: StepContext) -> BatchResult:
                         scored_at=scored_at,
                         history=history,
                         progress=ctx.progress,
+                        explainer=explainer,
                     )
                 )
             except (FraudopsError, StorageError) as e:
