@@ -8,11 +8,9 @@ import json
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import polars as pl
 import pytest
-from test_serve import _dataset, _free_port, _metric, serve_process  # noqa: F401
 from typer.testing import CliRunner
 
 from fraudops.cli import build
@@ -34,6 +32,7 @@ from fraudops.serving.metrics import Metrics
 from fraudops.serving.scorer import build_scorer
 from fraudops.workspace import init_workspace, load_settings
 from fraudops.workspace.storage import Storage
+from test_serve import _dataset, _metric, serve_process
 
 FEATURES = [*(f"V{i}" for i in range(1, 8)), "Amount"]
 MODEL_NAME = "reasons-test-model"
@@ -146,7 +145,7 @@ def test_reasons_are_the_top_positive_contributions_in_words():
 
 
 def test_shadow_needs_capture():
-    with pytest.raises(ConfigError, match="serve.shadow scores the captured requests"):
+    with pytest.raises(ConfigError, match=r"serve\.shadow scores the captured requests"):
         from fraudops.config import parse_settings
 
         parse_settings("serve: {shadow: challenger}\n", workspace=".", source="fraudops.yaml")
@@ -330,4 +329,3 @@ def test_served_reasons_capture_shadow_report_and_monitoring(ws, tmp_path):
     # select-champion records the live comparison as evidence
     decision = select_champion_step(StepContext(ws["settings"], storage))
     assert any(r.startswith("evidence, not part of the rule: live shadow on 300") for r in decision.reasons)
-
