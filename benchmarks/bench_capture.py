@@ -142,7 +142,7 @@ def main() -> int:
     root = Path(args.workspace) if args.workspace else Path(tmp.name) / "ws"
     try:
         _, model, _ = champion(root)
-    except LookupError:
+    except Exception:  # no workspace or no champion yet
         build_workspace(root, args.rows)
         _, model, _ = champion(root)
     ensure_challenger(root)
