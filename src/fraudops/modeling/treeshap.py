@@ -141,9 +141,9 @@ class TreeShap:
         entry_feat = np.array([f for fs in slot_feats for f in fs], dtype=np.intp)
         slot_index = np.arange(len(entry_leaf)) - np.repeat(np.cumsum(distinct) - distinct, distinct)
         order = np.argsort(entry_feat, kind="stable")
-        self.entry_leaf = entry_leaf[order]
-        self.entry_base = (offsets[entry_leaf] + slot_index)[order]
-        self.entry_stride = distinct[entry_leaf][order]
+        self.entry_leaf = entry_leaf[order].astype(np.int32)  # int32: half the index bytes to read
+        self.entry_base = (offsets[entry_leaf] + slot_index)[order].astype(np.int32)
+        self.entry_stride = distinct[entry_leaf][order].astype(np.int32)
         counts = np.bincount(entry_feat, minlength=n_features)
         self.used = np.flatnonzero(counts)  # features some path splits on
         self.starts = (np.cumsum(counts) - counts)[self.used]
@@ -156,7 +156,7 @@ class TreeShap:
         for lo in range(0, len(x), CHUNK_ROWS):
             rows = x[lo : lo + CHUNK_ROWS]
             off_path = (rows[:, self.feat] >= self.thr) != self.right  # (rows, leaves, depth)
-            masks = np.packbits(off_path, axis=2, bitorder="little")[:, :, 0].astype(np.int64)
+            masks = np.packbits(off_path, axis=2, bitorder="little")[:, :, 0].astype(np.int32)
             vals = self.table[self.entry_base + masks[:, self.entry_leaf] * self.entry_stride]
             out[lo : lo + len(rows), self.used] = np.add.reduceat(vals, self.starts, axis=1)
         return out
