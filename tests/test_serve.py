@@ -21,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fraudops.context import StepContext, StepResult
+from fraudops.modeling.explain import Explainer
 from fraudops.modeling.model import FraudModel, XGBoostModel
 from fraudops.modeling.registry import load_version
 from fraudops.modeling.train import train_step
@@ -411,12 +412,14 @@ def test_predict(server, champion):
     p, flags = _expected(model, rows)
     one = client.post("/predict", json=_records(rows[:1])[0])
     assert one.status_code == 200 and one.headers["x-model-version"] == "1"
+    reasons = Explainer(model).selected(rows[:1].astype(np.float32), np.array(flags[:1], dtype=bool))
     assert one.json() == {
         "fraud_probability": p[0],
         "is_fraud": bool(flags[0]),
         "threshold": model.threshold,
         "model": MODEL_NAME,
         "model_version": "1",
+        **({"reasons": reasons[0]} if flags[0] else {}),  # an alert carries its reasons
     }
     many = client.post("/predict", json=_records(rows))
     assert many.status_code == 200

@@ -162,6 +162,9 @@ class BatchConfig(Section):
     join_columns: list[str] | None = Field(None, description="input columns copied to output; null = all")
     on_invalid: Literal["reject", "fail"] = Field("reject", description="reject = rows to a rejects file")
     chunk_rows: int = Field(250_000, gt=0)
+    reasons: Literal["alerts", "all", "off"] = Field(
+        "alerts", description="rows given reason_1..reason_3 (the top 3 features that pushed the score up)"
+    )
 
 
 class MonitorConfig(Section):
@@ -189,12 +192,31 @@ class MonitorConfig(Section):
     )
     estimate_samples: int = Field(200, ge=10, description="label draws behind each estimate and its band")
     estimate_band: float = Field(0.95, gt=0, lt=1, description="central share of the draws in the band")
+    production: Literal["prod_inputs", "capture", "both"] = Field(
+        "prod_inputs",
+        description="production data judged with current_data/: the files to score, the endpoint's "
+        "captured requests (prod_outputs/capture/, serve.capture), or both",
+    )
 
 
 class PipelineConfig(Section):
     retries: int = Field(3, ge=0, description="attempts after the first for transient errors")
     retry_backoff: float = Field(1.0, ge=0, description="seconds, doubled each attempt")
     lock_timeout: float = Field(0, ge=0, description="seconds to wait for another execution")
+
+
+class CaptureConfig(Section):
+    """Request/response capture of the endpoint (like SageMaker Data Capture), written in the background."""
+
+    enabled: bool = False
+    sampling: float = Field(1.0, ge=0, le=1, description="share of requests captured (at random)")
+    flush_rows: int = Field(10_000, gt=0, description="write a Parquet file once this many rows wait")
+    flush_seconds: float = Field(
+        60.0, gt=0, description="or once the oldest waiting row is this many seconds old"
+    )
+    max_buffer_rows: int = Field(
+        200_000, gt=0, description="rows held in memory at most; more are dropped and counted in /metrics"
+    )
 
 
 class ServeConfig(Section):
@@ -226,6 +248,18 @@ class ServeConfig(Section):
     online_snapshot_interval: float = Field(
         60.0, gt=0, description="seconds between online state snapshots and looks at current_data/"
     )
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
+    shadow: str | None = Field(
+        None,
+        description="registry alias (e.g. challenger) that scores every captured request off the request "
+        "path, compared with the served model in /metrics and `fraudops shadow report`; needs capture",
+    )
+
+    @model_validator(mode="after")
+    def _shadow_needs_capture(self) -> ServeConfig:
+        if self.shadow is not None and not self.capture.enabled:
+            raise ValueError("serve.shadow scores the captured requests: set serve.capture.enabled: true")
+        return self
 
 
 class DashboardConfig(Section):

@@ -17,7 +17,10 @@ Output columns, in order
     the file's data rows when there is none), the input columns (``batch.join_columns``; null = all, like
     Batch Transform's ``join_source: Input``; an input column named like an output column is left out),
     ``fraud_probability`` (Float64), ``is_fraud`` (Int8, ``fraud_probability >= threshold``),
-    ``model_version`` (Int32) and ``scored_at`` (UTC timestamp of the run, the same for every row).
+    ``model_version`` (Int32), ``scored_at`` (UTC timestamp of the run, the same for every row) and
+    ``reason_1``..``reason_3``: the features that pushed the score up most, as sentences with their
+    contribution to the log-odds (``amount 912.40, usual 45.10 [+2.315]``), for the alerts
+    (``batch.reasons: alerts``), every row (``all``) or none (``off``: null columns).
     Input columns are copied as read: Parquet keeps its types, CSV is read as text and copied verbatim.
     Rows keep the input order; invalid rows are left out (see below).
 
@@ -75,6 +78,7 @@ from fraudops.data.reading import duplicate_names, read_table, reading
 from fraudops.data.schema import LABEL, ROW_ERROR, SCENARIO, TX_ID, TX_TIME, role_columns
 from fraudops.data.validation import validate
 from fraudops.errors import DataValidationError, Problem
+from fraudops.modeling.explain import TOP, Explainer
 from fraudops.modeling.model import FraudModel
 from fraudops.workspace.layout import PREDICTIONS
 from fraudops.workspace.storage import Storage
@@ -82,7 +86,8 @@ from fraudops.workspace.storage import Storage
 ROW_NUMBER = "row_number"
 REASON = "reason"
 PROBABILITY, FLAG, VERSION, SCORED_AT = "fraud_probability", "is_fraud", "model_version", "scored_at"
-OUTPUT_COLUMNS = (PROBABILITY, FLAG, VERSION, SCORED_AT)
+REASONS = tuple(f"reason_{k + 1}" for k in range(TOP))
+OUTPUT_COLUMNS = (PROBABILITY, FLAG, VERSION, SCORED_AT, *REASONS)
 CSV_INFER_ROWS = 10_000  # rows read to decide whether a features-kind CSV time column holds seconds
 PARQUET_COMPRESSION = "snappy"
 
@@ -344,6 +349,7 @@ class _Context:
     version: int
     scored_at: dt.datetime
     history: pl.DataFrame | None
+    explainer: Explainer | None
 
     @property
     def fail(self) -> bool:
@@ -400,7 +406,8 @@ def _score_chunk(
         valid, kept = v.frame.filter(~bad), raw.filter(~bad)
     if ctx.fail and tally.problems:
         return None, rejects
-    p = ctx.model.predict_proba(_inputs(valid, plan, ctx)) if valid.height else np.empty(0, np.float64)
+    x = _inputs(valid, plan, ctx)
+    p = ctx.model.predict_proba(x) if valid.height else np.empty(0, np.float64)
     flag = p >= ctx.model.threshold
     tally.scored += len(p)
     tally.flagged += int(flag.sum())
@@ -409,8 +416,20 @@ def _score_chunk(
         pl.Series(FLAG, flag, dtype=pl.Boolean).cast(pl.Int8),
         pl.lit(ctx.version, dtype=pl.Int32).alias(VERSION),
         pl.lit(ctx.scored_at, dtype=pl.Datetime("us", "UTC")).alias(SCORED_AT),
+        *_reason_columns(ctx, x, flag),
     )
     return out, rejects
+
+
+def _reason_columns(ctx: _Context, x: np.ndarray, flag: np.ndarray) -> list[pl.Series]:
+    """reason_1..reason_3: "<sentence> [+contribution]" for the rows ``batch.reasons`` names, else null."""
+    texts: list[list[str | None]] = [[None] * len(flag) for _ in REASONS]
+    if ctx.explainer is not None:
+        rows = flag if ctx.settings.batch.reasons == "alerts" else np.ones(len(flag), dtype=bool)
+        for i, reasons in ctx.explainer.selected(x, rows).items():
+            for k, r in enumerate(reasons):
+                texts[k][i] = f"{r['text']} [{r['contribution']:+.3f}]"
+    return [pl.Series(name, col, dtype=pl.String) for name, col in zip(REASONS, texts, strict=True)]
 
 
 def score_file(
@@ -423,16 +442,20 @@ def score_file(
     scored_at: dt.datetime | None = None,
     history: pl.DataFrame | None = None,
     progress: Progress | None = None,
+    explainer: Explainer | None = None,
 ) -> FileScore:
     """Score one input file into its output (and rejects) file; what :func:`batch_step` runs per file.
 
     ``model`` is used as given (see :meth:`FraudModel.with_threads`); ``history`` is the transactions
-    kind's feature history. Raises :class:`~fraudops.data.DataValidationError` when the file fails.
+    kind's feature history; ``explainer`` gives the reason columns (built here when not given and
+    ``batch.reasons`` is not off). Raises :class:`~fraudops.data.DataValidationError` when the file fails.
     """
     started = time.perf_counter()
     scored_at = scored_at or dt.datetime.now(dt.UTC)
     plan, total = _plan(storage, rel, settings, model)
-    ctx = _Context(settings, model, int(version), scored_at, history)
+    if explainer is None and settings.batch.reasons != "off":
+        explainer = Explainer(model)
+    ctx = _Context(settings, model, int(version), scored_at, history, explainer)
     tally = _Tally(plan.uri)
     chunk_rows = settings.batch.chunk_rows
     out_rel, rejects_rel = output_name(rel), rejects_name(rel)

@@ -15,6 +15,7 @@ from fraudops.config import Settings
 from fraudops.context import Progress, StepContext, StepResult
 from fraudops.data.loading import load_history, table_files
 from fraudops.errors import FraudopsError, StorageError
+from fraudops.modeling.explain import Explainer
 from fraudops.modeling.model import FraudModel
 from fraudops.modeling.registry import champion
 from fraudops.promotion import journal
@@ -63,6 +64,7 @@ def score_partition(
     scored_at: dt.datetime,
     history: pl.DataFrame | None,
     progress: Progress | None,
+    explainer: Explainer | None = None,
 ) -> tuple[FileScore | None, str | None]:
     """One file scored (here or on a worker): its score, or why it failed."""
     try:
@@ -75,6 +77,7 @@ def score_partition(
             scored_at=scored_at,
             history=history,
             progress=progress,
+            explainer=explainer,
         )
     except (FraudopsError, StorageError) as e:
         return None, str(e)
@@ -112,6 +115,7 @@ def batch_step(ctx: StepContext) -> BatchResult:
     if settings.data.kind == "transactions":
         loaded = load_history(storage, settings)
         history = loaded if loaded.height else None
+    explainer = Explainer(model) if settings.batch.reasons != "off" else None
     scored_at = dt.datetime.now(dt.UTC)
     results: list[FileScore] = []
     failures: dict[str, str] = {}
@@ -137,7 +141,7 @@ def batch_step(ctx: StepContext) -> BatchResult:
         if eng is None:
             for rel in files:
                 score, error = score_partition(
-                    rel, storage, model, settings, version, scored_at, history, ctx.progress
+                    rel, storage, model, settings, version, scored_at, history, ctx.progress, explainer
                 )
                 if score is not None:
                     results.append(score)
@@ -149,7 +153,7 @@ def batch_step(ctx: StepContext) -> BatchResult:
                 score_partition,
                 files,
                 storage,
-                shared={"model": model.with_threads(1), "history": history},
+                shared={"model": model.with_threads(1), "history": history, "explainer": explainer},
                 settings=settings,
                 version=version,
                 scored_at=scored_at,

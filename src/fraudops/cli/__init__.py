@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fraudops.cli import aws, dashboard, data, demo, models, pipeline, serve, workspace
+from fraudops.cli import aws, dashboard, data, demo, models, pipeline, serve, shadow, workspace
 
 
 def build() -> typer.Typer:
@@ -39,6 +39,7 @@ def build() -> typer.Typer:
     app.add_typer(pipeline.monitor_app, name="monitor")
     app.add_typer(aws.export_app, name="export")
     app.add_typer(aws.sagemaker_app, name="sagemaker")
+    app.add_typer(shadow.shadow_app, name="shadow")
     return app
 
 

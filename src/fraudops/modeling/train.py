@@ -23,6 +23,7 @@ from fraudops.data.loading import fingerprint, load_labelled
 from fraudops.data.schema import CUSTOMER, LABEL, TX_TIME, model_inputs
 from fraudops.errors import FraudopsError
 from fraudops.modeling import calibration, evaluate, plots
+from fraudops.modeling.explain import DELAY, USUAL, usual_values
 from fraudops.modeling.model import FraudModel, LogisticModel, XGBoostModel
 from fraudops.modeling.pyfunc import log_model
 from fraudops.modeling.splits import Split, split
@@ -211,7 +212,9 @@ def train_models(df: pl.DataFrame, settings: Settings) -> Trained:
         y_test, p_test, model.threshold, costs=cfg.threshold, frame=test_frame, k=cfg.top_k
     )
     candidates[best]["test"] = metrics
-    model.info.update({"candidate": best, "windows": parts.windows})
+    model.info.update({"candidate": best, "windows": parts.windows, USUAL: usual_values(names, x_train)})
+    if settings.data.kind == "transactions":
+        model.info[DELAY] = settings.features.delay_days
     data = {
         "fingerprint": fingerprint(df),
         "rows": {"fit": parts.fit.height, "valid": parts.valid.height, "test": parts.test.height},

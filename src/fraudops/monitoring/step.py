@@ -1,13 +1,15 @@
 """The monitor step: data the champion never saw vs its reference, and a retraining decision.
 
-What is judged: the rows of ``monitoring_inputs/current_data/`` (labelled or not) and of ``prod_inputs/``
-(the batches to score, unlabelled, as SageMaker Model Monitor compares captured traffic with its baseline)
-that are newer than the champion's reference window — for transactions, later than the window's last
-timestamp; for the features kind, not among the rows the champion was trained, validated or tested on. A
-row in both folders counts once (the labelled one). Labelled current data also feeds retraining, so without
-this rule a retrained champion would be judged on its own training rows. Performance uses the labelled
-rows judged, drift all of them. With fewer than ``monitor.min_rows`` rows the decision is NO, "insufficient
-data", with that reason.
+What is judged: the rows of ``monitoring_inputs/current_data/`` (labelled or not) and the production rows
+(``monitor.production``: ``prod_inputs/``, the batches to score, unlabelled, as SageMaker Model Monitor
+compares captured traffic with its baseline; ``capture``, the endpoint's captured requests in
+``prod_outputs/capture/`` with their features as the model saw them; or ``both``) that are newer than the
+champion's reference window — for transactions, later than the window's last timestamp (a captured row's
+time is when it was scored); for the features kind, not among the rows the champion was trained,
+validated or tested on. A row in both current and production data counts once (the labelled one).
+Labelled current data also feeds retraining, so without this rule a retrained champion would be judged on
+its own training rows. Performance uses the labelled rows judged, drift all of them. With fewer than
+``monitor.min_rows`` rows the decision is NO, "insufficient data", with that reason.
 
 Everything is computed before anything is written, so bad input leaves the previous outputs as they were;
 each output file is replaced atomically, the decision CSV last (the trigger acts on it).
@@ -25,6 +27,7 @@ import polars as pl
 from fraudops import features
 from fraudops.config import Settings
 from fraudops.context import StepContext, StepResult
+from fraudops.data.capture import CAPTURED_AT, load_captured
 from fraudops.data.loading import load_folder, load_table, table_files
 from fraudops.data.schema import LABEL, ROLES, ROW_ERROR, TX_ID, TX_TIME
 from fraudops.errors import DataValidationError, Problem
@@ -105,6 +108,26 @@ def _combine(current: pl.DataFrame, production: pl.DataFrame, key: list[str]) ->
     return both.unique(key, keep="first", maintain_order=True)
 
 
+def with_captured(rows: pl.DataFrame, captured: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+    """``rows`` plus the endpoint's captured rows (their features as the model saw them; ``TX_DATETIME`` =
+    when they were scored). A captured transaction also in ``rows`` counts once, as the row of ``rows``
+    (possibly labelled); rows captured from a model with other inputs are left out."""
+    if captured.height == 0 or not set(names) <= set(captured.columns):
+        return rows
+    captured = captured.drop_nulls(names)
+    if TX_ID in rows.columns and rows.height:
+        known = rows[TX_ID].cast(pl.String).implode()
+        captured = captured.filter(pl.col(TX_ID).is_null() | ~pl.col(TX_ID).is_in(known))
+    when = pl.col(CAPTURED_AT).dt.replace_time_zone(None)
+    dtype = rows.schema.get(TX_TIME)
+    extra = captured.select(
+        *names,
+        (when.cast(dtype) if isinstance(dtype, pl.Datetime) else when).alias(TX_TIME),
+        *([pl.col(TX_ID).cast(rows.schema[TX_ID])] if TX_ID in rows.columns else []),
+    )
+    return pl.concat([rows, extra], how="diagonal_relaxed") if rows.height else extra
+
+
 def _newer(
     rows: pl.DataFrame, ref: reference.Reference, seen: pl.Series | None, names: list[str]
 ) -> pl.DataFrame:
@@ -162,13 +185,17 @@ def _judge(
     settings, storage, cfg = ctx.settings, ctx.storage, ctx.settings.monitor
     names = model.feature_names
     current = load_current(storage, settings, model)
-    production, invalid = load_production(storage, settings, model)
+    production, invalid = (
+        load_production(storage, settings, model) if cfg.production != "capture" else (pl.DataFrame(), 0)
+    )
     transactions = settings.data.kind == "transactions"
     rows = _combine(current, production, [TX_ID] if transactions else names)
     history = None
     if transactions and rows.height:
         history = load_folder(storage, [layout.RAW], settings.data, labelled_only=False)
         rows = features.features_for(rows, history if history.height else None, settings.features)
+    if cfg.production != "prod_inputs":
+        rows = with_captured(rows, load_captured(storage), names)
     judged = _newer(rows, ref, reference.seen_rows(storage, version), names)
     span = _span(judged, ref)
     notes = (

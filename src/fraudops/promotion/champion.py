@@ -1,5 +1,7 @@
 """Champion selection and rollback: challenger and champion scored on the same, most recent labelled window.
 
+When the challenger was scored in the shadow of the endpoint (``serve.shadow``), that live comparison is
+recorded with the decision as evidence (:mod:`fraudops.promotion.shadow`); the rule itself is unchanged.
 Every decision is recorded with its reasons (version tags and a decision run) and applied through
 :mod:`fraudops.promotion.journal`, so a crash at any call leaves a registry the next step completes.
 """
@@ -22,6 +24,7 @@ from fraudops.modeling.model import FraudModel
 from fraudops.modeling.registry import load_version
 from fraudops.modeling.splits import split
 from fraudops.promotion import journal, reference
+from fraudops.promotion.shadow import live_summary, shadow_comparison
 from fraudops.tracking import registry
 from fraudops.tracking.client import json_safe
 from fraudops.workspace.storage import Storage
@@ -171,6 +174,9 @@ def select_champion_step(ctx: StepContext) -> ChampionResult:
     _, m_ch = score_window(ch_model, window.test, settings)
     m_champ = None if old is None else score_window(load_version(settings, old), window.test, settings)[1]
     promote, reasons = promotion_decision(m_ch, m_champ, settings.registry)
+    live = shadow_comparison(storage, settings, ch_v)
+    if live.rows:
+        reasons.append(f"evidence, not part of the rule: {live_summary(live)}")
     decision: Literal["promoted", "rejected"] = "promoted" if promote else "rejected"
     record: dict[str, Any] = {
         "decision": decision,
@@ -179,6 +185,7 @@ def select_champion_step(ctx: StepContext) -> ChampionResult:
         "window": window.windows,
         "challenger": {"version": ch_v, "metrics": m_ch},
         "champion": {"version": old, "metrics": m_champ} if old is not None else None,
+        "shadow": live.model_dump() if live.rows else None,
     }
     aliases: dict[str, int | None] = {}
     if promote:

@@ -12,7 +12,9 @@ Endpoints (port 8080 by default, the SageMaker container contract)::
                        {"predictions": [{"fraud_probability": p, "is_fraud": 0|1}, ...]}, byte for byte what
                        ``mlflow models serve`` answers for the same registered model
     POST /predict      one transaction (a JSON object) or a list of them, answered per record with
-                       fraud_probability, is_fraud, threshold, model and model_version
+                       fraud_probability, is_fraud, threshold, model and model_version, plus the top 3
+                       ``reasons`` for every alert and every record sent with ``"explain": true``
+                       (:mod:`fraudops.modeling.explain`)
     POST /feedback     transactions kind: labels of scored transactions, {"<id column>": id, "label": 0|1}
 
 Transactions kind: /predict and /invocations also take raw transactions (id, timestamp, customer,
@@ -37,6 +39,10 @@ in a background thread. A new version is downloaded, loaded, checked and made re
 one reference is swapped, so a request is answered either by the old model or by the new one, whole.
 A reload that fails keeps the old model serving and is reported in /health and /metrics.
 
+With ``serve.capture``, every answered request (sampled) is captured in the background to
+``prod_outputs/capture/`` and, with ``serve.shadow``, scored by the shadow model there
+(:mod:`fraudops.serving.capture`, :mod:`fraudops.serving.shadow`).
+
 The app is a small ASGI application (no framework on the hot path): one routing table, one error path.
 """
 
@@ -60,6 +66,7 @@ from fraudops import __version__, process
 from fraudops.config import Settings, format_validation_error
 from fraudops.errors import ConfigError
 from fraudops.serving import connection
+from fraudops.serving.capture import Capture
 from fraudops.serving.metrics import MULTIPROC_ENV, Metrics
 from fraudops.serving.online import OnlineService
 from fraudops.serving.parser import ParserProcess
@@ -104,6 +111,7 @@ class ServeApp:
         self.cfg = settings.serve
         self.metrics = Metrics()
         self.holder = ModelHolder(settings, alias, self.metrics)
+        self.capture = Capture(settings, self.metrics) if self.cfg.capture.enabled else None
         self.watch = watch
         self.started = time.time()
         self.pool = ThreadPoolExecutor(max_workers=WORK_THREADS, thread_name_prefix="fraudops-work")
@@ -140,11 +148,15 @@ class ServeApp:
             self.online.start()
         if self.watch:
             self.holder.start()
+        if self.capture is not None:
+            self.capture.start()
 
     def shutdown(self) -> None:
         self.holder.stop()
         if self.online is not None:
             self.online.stop()
+        if self.capture is not None:
+            self.capture.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.metrics.close()
 
@@ -481,6 +493,8 @@ class ServeApp:
             )
         p, flags = scorer.predict(parsed)
         self.metrics.rows.inc(len(p))
+        if self.capture is not None:
+            self.capture.offer("/invocations", scorer, parsed, p, flags)
         return 200, invocations_body(p, flags), JSON_TYPE
 
     def predict(
@@ -494,9 +508,13 @@ class ServeApp:
         if parsed is None:
             self.predict_type(headers)
             parsed = predict_records(scorer.schema, body, self.cfg.max_rows, self.id_column)
-        x, ids, single = parsed
+        x, ids, single, explain = parsed
         p, flags = scorer.predict(x)
         self.metrics.rows.inc(len(p))
+        if self.capture is not None:
+            self.capture.offer("/predict", scorer, x, p, flags, ids)
+        # reason codes: every alert, and every record that asked ("explain": true)
+        reasons = scorer.explainer.selected(x, flags if explain is None else flags | explain)
         out = []
         for i, (v, f) in enumerate(zip(p.tolist(), flags.tolist(), strict=True)):
             item: dict[str, Any] = {}
@@ -509,6 +527,8 @@ class ServeApp:
                 model=scorer.name,
                 model_version=scorer.version,
             )
+            if i in reasons:
+                item["reasons"] = reasons[i]
             out.append(item)
         return 200, json.dumps(out[0] if single else out).encode(), JSON_TYPE
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+EXPLAIN = "explain"  # /predict: a record's optional flag asking for its reasons
 PROTOCOL_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 JSON_TYPE = "application/json"
 CSV_TYPE = "text/csv"
@@ -459,8 +460,9 @@ def invocations_matrix(schema: Schema, mime: str, body: bytes, max_rows: int) ->
 
 def predict_records(
     schema: Schema, body: bytes, max_rows: int, id_col: str | None
-) -> tuple[np.ndarray, list[Any] | None, bool]:
-    """/predict: a transaction or a list of them -> (matrix, transaction ids or None, one object sent)."""
+) -> tuple[np.ndarray, list[Any] | None, bool, np.ndarray | None]:
+    """/predict: a transaction or a list of them -> (matrix, transaction ids or None, one object sent,
+    which records asked ``"explain": true`` or None)."""
     check_json_size(body, max_rows, len(schema.features) + 1)  # + the transaction id
     doc = parse_json(body)
     single = isinstance(doc, dict)
@@ -482,9 +484,29 @@ def predict_records(
                     id_col,
                 )
         records = [{k: v for k, v in r.items() if k != id_col} if type(r) is dict else r for r in records]
+    explain = None
+    if b'"explain"' in body:
+        records, explain = _explain_flags(records, where)
     x = records_matrix(records, where, schema, max_rows, may_hold_booleans(body))
     check_unique_keys(body, len(doc) if single else sum(map(len, doc)))  # each record is an object now
-    return x, ids, single
+    return x, ids, single, explain
+
+
+def _explain_flags(records: list, where: str) -> tuple[list, np.ndarray]:
+    """Records without their ``explain`` key, and which of them asked for reasons."""
+    flags = np.zeros(len(records), dtype=bool)
+    out = []
+    for i, r in enumerate(records):
+        if type(r) is dict and EXPLAIN in r:
+            v = r[EXPLAIN]
+            if type(v) is not bool:
+                raise ClientError(
+                    400, f"{where}[{i}].{EXPLAIN}: expected true or false, got {_described(v)}", EXPLAIN
+                )
+            flags[i] = v
+            r = {k: x for k, x in r.items() if k != EXPLAIN}
+        out.append(r)
+    return out, flags
 
 
 def csv_matrix(body: bytes, schema: Schema, max_rows: int) -> np.ndarray:

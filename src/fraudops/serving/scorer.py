@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from fraudops.modeling.explain import Explainer
 from fraudops.modeling.model import FraudModel, XGBoostModel
 from fraudops.serving.protocol import Schema, schema_of
 from fraudops.serving.trees import TreeEnsemble, prepare_runtime
@@ -29,6 +30,7 @@ class Scorer:
     features: list[str] = dataclasses.field(init=False)
     schema: Schema = dataclasses.field(init=False)
     version_header: tuple[bytes, bytes] = dataclasses.field(init=False)
+    explainer: Explainer = dataclasses.field(init=False)  # reason codes (tables built once, at load)
 
     def __post_init__(self) -> None:
         names = list(self.model.feature_names)
@@ -36,6 +38,7 @@ class Scorer:
         set_(self, "features", names)
         set_(self, "schema", schema_of(tuple(names)))
         set_(self, "version_header", (b"x-model-version", self.version.encode()))
+        set_(self, "explainer", Explainer(self.model))
 
     @property
     def threshold(self) -> float:

@@ -19,6 +19,8 @@ VERDICT_LABELS = f"{CURRENT}/analyst_verdicts.parquet"
 
 # training, registry and batch outputs
 PREDICTIONS = "prod_outputs/predictions"
+CAPTURE = "prod_outputs/capture"
+"""The endpoint's captured requests: ``date=YYYY-MM-DD/hour=HH/<part>.parquet`` (UTC)."""
 MLFLOW_ARTIFACTS = "prod_outputs/mlflow"
 MLFLOW_DB = "mlflow.db"
 SAGEMAKER_OUTPUTS = "prod_outputs/sagemaker"

@@ -116,6 +116,19 @@ class Storage:
             out.append(posixpath.join(rel.strip("/"), name))
         return sorted(out)
 
+    def find(self, rel: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
+        """Workspace-relative paths of the files in a folder and below it, sorted; hidden names skipped."""
+        base = self._fresh(self.path(rel))
+        if not self.fs.isdir(base):
+            return []
+        out = []
+        for path in self.fs.find(base):
+            parts = posixpath.relpath(path, base).split("/")
+            if any(p.startswith(".") for p in parts) or (suffixes and not path.lower().endswith(suffixes)):
+                continue
+            out.append(posixpath.join(rel.strip("/"), *parts))
+        return sorted(out)
+
     def info(self, rel: str) -> dict[str, Any]:
         """The store's details of a file (size, modification time or LastModified, ETag on S3)."""
         return dict(self.fs.info(self._fresh(self.path(rel))))
