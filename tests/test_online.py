@@ -210,7 +210,10 @@ def test_replayed_day_equals_batch(online_ws, server):
         )
     expected_p = expected_p.sort(TX_ID)
     assert online["p"].to_list() == expected_p["fraud_probability"].to_list()
-    assert expected_p["is_fraud"].sum() >= 0
+    # reason codes: every alert carries its top 3, the other answers none
+    alerts = [a for a in got if a["is_fraud"]]
+    assert alerts and all(len(a["reasons"]) == 3 and a["reasons"][0]["text"] for a in alerts)
+    assert all("reasons" not in a for a in got if not a["is_fraud"])
     online_ws["replayed"] = got
 
 
@@ -259,6 +262,16 @@ def test_edge_cases_and_feedback(online_ws, server):
     ):
         r = _post(client, [{**bad, TX_ID: 10**9 + 5}])
         assert r.status_code == 400 and r.json()["field"] == field, (bad, r.text)
+    # reasons on request ("explain": true), which must be a boolean
+    a = _answers(
+        _post(
+            client,
+            [{**base, TX_ID: 10**9 + 7, TX_TIME: str(newest + dt.timedelta(seconds=2)), "explain": True}],
+        )
+    )[0]
+    assert [r["feature"] for r in a["reasons"]] and all(r["contribution"] > 0 for r in a["reasons"]), a
+    r = _post(client, [{**base, TX_ID: 10**9 + 8, "explain": "yes"}])
+    assert r.status_code == 400 and r.json()["field"] == "explain", r.text
     # /invocations takes raw transactions in MLflow's formats, answers like MLflow
     raw = {**base, TX_ID: 10**9 + 6, TX_TIME: str(newest + dt.timedelta(seconds=3))}
     split = {"dataframe_split": {"columns": list(raw), "data": [list(raw.values())]}}

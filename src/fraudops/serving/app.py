@@ -17,8 +17,9 @@ Endpoints (port 8080 by default, the SageMaker container contract)::
                        (:mod:`fraudops.modeling.explain`)
     POST /feedback     transactions kind: labels of scored transactions, {"<id column>": id, "label": 0|1}
 
-Transactions kind: /predict and /invocations also take raw transactions (id, timestamp, customer,
-terminal, amount), whose features the online state computes (:mod:`fraudops.serving.online`).
+Transactions kind: /predict and /invocations also take raw transactions, featured online
+(:mod:`fraudops.serving.online`). With ``serve.capture``, answered requests (sampled) are captured in the
+background, and scored there by ``serve.shadow`` (:mod:`fraudops.serving.capture`, ``.shadow``).
 
 Every response made while a model is loaded carries the header ``X-Model-Version``. Inputs are checked
 strictly: exactly the model's features, finite numbers only (JSON ``true``, strings, null, NaN and ±inf are
@@ -38,10 +39,6 @@ Hot reload: each worker process polls ``models:/<name>@<alias>`` every ``serve.r
 in a background thread. A new version is downloaded, loaded, checked and made ready completely before
 one reference is swapped, so a request is answered either by the old model or by the new one, whole.
 A reload that fails keeps the old model serving and is reported in /health and /metrics.
-
-With ``serve.capture``, every answered request (sampled) is captured in the background to
-``prod_outputs/capture/`` and, with ``serve.shadow``, scored by the shadow model there
-(:mod:`fraudops.serving.capture`, :mod:`fraudops.serving.shadow`).
 
 The app is a small ASGI application (no framework on the hot path): one routing table, one error path.
 """
@@ -127,7 +124,7 @@ class ServeApp:
         self.id_column = id_col if id_col else None
         # online features (raw transactions): None with the reason when this workspace cannot have them
         self.online_off = OnlineService.enabled(settings)
-        self.online = OnlineService(settings) if self.online_off is None else None
+        self.online = OnlineService(settings, self.capture) if self.online_off is None else None
         # path -> (method, handler, needs body, open without API key)
         self.routes: dict[str, tuple[str, Handler, bool, bool]] = {
             "/ping": ("GET", self.ping, False, True),
@@ -596,9 +593,7 @@ def run(
             server_header=False,
             timeout_keep_alive=75,  # longer than load balancers' idle timeout (60 s on AWS ALB)
             timeout_graceful_shutdown=10,
-            # a worker loading its model on a busy machine misses uvicorn's default 5 s health check and is
-            # killed and restarted in a loop
-            timeout_worker_healthcheck=60,
+            timeout_worker_healthcheck=60,  # a worker loading its model on a busy machine needs > 5 s
         )
     finally:
         if metrics_dir:

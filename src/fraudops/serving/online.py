@@ -38,6 +38,7 @@ from fraudops.data.loading import load_history, load_table
 from fraudops.features.definitions import feature_names
 from fraudops.features.online import DuplicateTransaction, MemoryState, RawTx, compute, to_micros
 from fraudops.features.online_redis import RedisState
+from fraudops.serving.capture import Capture
 from fraudops.serving.protocol import (
     JSON_TYPE,
     ClientError,
@@ -70,14 +71,28 @@ def _state(settings: Settings, lateness_us: int) -> MemoryState | RedisState:
     return RedisState(url, settings.features, prefix, lateness_us)
 
 
+def _explain_flag(rec: Any, i: int) -> bool:
+    """A transaction's optional ``"explain"`` (removed from it: it is not one of the raw columns)."""
+    if type(rec) is not dict or "explain" not in rec:
+        return False
+    flag = rec.pop("explain")
+    if type(flag) is not bool:
+        raise ClientError(
+            400, f"transactions[{i}].explain: expected true or false, got {_got(flag)}", "explain"
+        )
+    return flag
+
+
 class OnlineService:
     """The online state of one worker and what the endpoints do with raw transactions."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, capture: Capture | None = None) -> None:
+        """``capture``: the endpoint's data capture, which raw requests feed like the others."""
         cols = settings.data.columns
         assert cols.transaction_id and cols.timestamp and cols.amount  # checked by ``enabled``
         self.settings = settings
         self.cfg = settings.serve
+        self.capture = capture
         self.id_col, self.time_col = cols.transaction_id, cols.timestamp
         self.customer_col, self.terminal_col, self.amount_col = (
             cols.customer_id,
@@ -270,8 +285,10 @@ class OnlineService:
         return order
 
     def _score(
-        self, records: list[Any], where: str, scorer: Scorer
-    ) -> tuple[list[RawTx], list[list[float]], list[bool], np.ndarray, np.ndarray]:
+        self, records: list[Any], where: str, scorer: Scorer, endpoint: str
+    ) -> tuple[list[RawTx], list[list[float]], list[bool], np.ndarray, np.ndarray, np.ndarray]:
+        """The transactions scored (and captured): transactions, feature rows, lateness, the model's
+        input matrix, probabilities and decisions."""
         check_count(len(records), where, self.cfg.max_rows)
         txs = [
             self._transaction(r, f"{where}[{i}]" if len(records) > 1 or where == "transactions" else where)
@@ -292,7 +309,9 @@ class OnlineService:
         rows = [compute(tx, nb, spans) for tx, nb in zip(txs, hoods, strict=True)]
         x = np.array([[r[j] for j in order] for r in rows], dtype=np.float64).astype(np.float32)
         p, flags = scorer.predict(x)
-        return txs, rows, late, p, flags
+        if self.capture is not None:
+            self.capture.offer(endpoint, scorer, x, p, flags, [tx.tx_id for tx in txs])
+        return txs, rows, late, x, p, flags
 
     def predict(self, body: bytes, scorer: Scorer) -> tuple[int, bytes, str]:
         doc = parse_json(body)
@@ -302,21 +321,28 @@ class OnlineService:
             raise ClientError(
                 400, f"expected a transaction (object) or a list of them, got {type_name(doc)}", "body"
             )
-        txs, rows, late, p, flags = self._score(records, "transaction" if single else "transactions", scorer)
+        explain = np.array([_explain_flag(r, i) for i, r in enumerate(records)], dtype=bool)
+        where = "transaction" if single else "transactions"
+        txs, rows, late, x, p, flags = self._score(records, where, scorer, "/predict")
+        # reason codes: every alert, and every transaction that asked ("explain": true)
+        reasons = scorer.explainer.selected(x, flags | explain)
         out = []
-        for tx, row, is_late, v, f in zip(txs, rows, late, p.tolist(), flags.tolist(), strict=True):
-            out.append(
-                {
-                    "transaction_id": tx.tx_id,
-                    "fraud_probability": v,
-                    "is_fraud": bool(f),
-                    "threshold": scorer.threshold,
-                    "model": scorer.name,
-                    "model_version": scorer.version,
-                    "late": is_late,
-                    "features": dict(zip(self.names, row, strict=True)),
-                }
-            )
+        for i, (tx, row, is_late, v, f) in enumerate(
+            zip(txs, rows, late, p.tolist(), flags.tolist(), strict=True)
+        ):
+            item = {
+                "transaction_id": tx.tx_id,
+                "fraud_probability": v,
+                "is_fraud": bool(f),
+                "threshold": scorer.threshold,
+                "model": scorer.name,
+                "model_version": scorer.version,
+                "late": is_late,
+                "features": dict(zip(self.names, row, strict=True)),
+            }
+            if i in reasons:
+                item["reasons"] = reasons[i]
+            out.append(item)
         return 200, json.dumps(out[0] if single else out).encode(), JSON_TYPE
 
     def invocations(self, body: bytes, scorer: Scorer) -> tuple[int, bytes, str]:
@@ -357,7 +383,7 @@ class OnlineService:
                 f"unknown key {key!r} (expected one of {_KEYS})",
                 key,
             )
-        _, _, _, p, flags = self._score(records, key, scorer)
+        _, _, _, _, p, flags = self._score(records, key, scorer, "/invocations")
         return 200, invocations_body(p, flags), JSON_TYPE
 
     def feedback(self, body: bytes) -> tuple[int, bytes, str]:
