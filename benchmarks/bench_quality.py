@@ -69,7 +69,7 @@ def settings_for(variant: str) -> Settings:
     settings = Settings(workspace=".")
     settings.train = settings.train.model_copy(update=PROTOCOL)
     if variant == "handbook_features":
-        settings.features = FeaturesConfig(extra=False)
+        settings.features = FeaturesConfig(terminal_windows=[1, 7, 30], extra=False)
     elif variant == "previous_defaults":
         settings.train = settings.train.model_copy(update={"xgboost": PREVIOUS_XGBOOST})
         settings.features = FeaturesConfig(**PREVIOUS_FEATURES)
