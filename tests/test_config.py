@@ -65,7 +65,7 @@ def test_defaults() -> None:
     assert s.simulate.radius == 5.0
     assert s.simulate.drift_start is None
     assert s.features.customer_windows == [1, 7, 30]
-    assert s.features.terminal_windows == [1, 7, 30]
+    assert s.features.terminal_windows == [1, 3, 7, 14, 30]
     assert s.features.delay_days == 7
     assert (s.train.train_days, s.train.delay_days, s.train.test_days) == (21, 7, 7)
     assert s.train.candidates == ["logistic_regression", "xgboost"]

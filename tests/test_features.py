@@ -168,10 +168,20 @@ def tx_frame(rows: list[tuple]) -> pl.DataFrame:
 
 
 def test_feature_names():
-    assert handbook_feature_names() == HANDBOOK_15
-    assert feature_names(FeaturesConfig(extra=False)) == HANDBOOK_15
-    names = feature_names(FeaturesConfig())
+    handbook = FeaturesConfig(terminal_windows=[1, 7, 30])
+    assert handbook_feature_names(handbook) == HANDBOOK_15
+    assert feature_names(handbook.model_copy(update={"extra": False})) == HANDBOOK_15
+    names = feature_names(handbook)
     assert names[:15] == HANDBOOK_15 and len(names) == len(set(names)) > 15
+    # the defaults add the 3- and 14-day terminal windows, in window order
+    defaults = handbook_feature_names()
+    assert len(defaults) == 19 and set(HANDBOOK_15) < set(defaults)
+    assert defaults[-8:-4] == [
+        "TERMINAL_ID_NB_TX_3DAY_WINDOW",
+        "TERMINAL_ID_RISK_3DAY_WINDOW",
+        "TERMINAL_ID_NB_TX_7DAY_WINDOW",
+        "TERMINAL_ID_RISK_7DAY_WINDOW",
+    ]
     assert feature_names(FeaturesConfig(customer_windows=[2], terminal_windows=[3], extra=False)) == [
         "TX_AMOUNT",
         "TX_DURING_WEEKEND",

@@ -220,7 +220,7 @@ def test_train_run_has_params_metrics_and_tags(life: Life):
     assert p["candidate"] in ("logistic_regression", "xgboost")
     assert 0 < float(p["threshold"]) < 1 and p["threshold_strategy"] == "min_cost"
     assert p["window_test_end"] == "2018-05-21" and p["window_train_start"] == "2018-04-23"
-    assert int(p["n_features"]) == 20 and p["seed"] == "42"
+    assert int(p["n_features"]) == 24 and p["seed"] == "42"
     for key in (
         "roc_auc",
         "average_precision",

@@ -21,6 +21,7 @@ def build() -> typer.Typer:
         ("init", workspace.init),
         ("config", workspace.show_config),
         ("train", models.train),
+        ("tune", models.tune),
         ("register", models.register),
         ("select-champion", models.select_champion),
         ("run", pipeline.run_pipeline),

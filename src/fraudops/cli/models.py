@@ -1,4 +1,4 @@
-"""Model commands: train, register, select-champion, and ``fraudops champion show|rollback``."""
+"""Model commands: train, tune, register, select-champion, and ``fraudops champion show|rollback``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fraudops.cli.base import WorkspaceOpt, handle_errors, run_one
-from fraudops.cli.render import console, print_outputs, table
+from fraudops.cli.render import console, err_console, print_outputs, progress, table
 from fraudops.config import updated
 from fraudops.context import StepResult
 from fraudops.workspace import open_workspace
@@ -39,6 +39,50 @@ def train(
     changes = {k: v for k, v in overrides.items() if v is not None}
     settings.train = updated(settings.train, changes, "train")
     print_outputs("trained", run_one(settings, storage, "train", workspace))
+
+
+@handle_errors
+def tune(
+    workspace: WorkspaceOpt = ".",
+    trials: Annotated[
+        int | None,
+        typer.Option(help="Trials of the study in all, those done before included (tune.trials)."),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds after which no trial starts (tune.timeout).")
+    ] = None,
+    objective: Annotated[
+        str | None,
+        typer.Option(help="average_precision, card_precision or cost (tune.objective)."),
+    ] = None,
+    folds: Annotated[int | None, typer.Option(help="Prequential folds (tune.folds).")] = None,
+) -> None:
+    """Search the candidate and its parameters (Optuna) on prequential folds before the test window; the
+    best parameters go to tuning/best_params.json, which train uses. Resumes the study when run again."""
+    from fraudops.context import StepContext
+    from fraudops.modeling.tune import tune as run_study
+
+    settings, storage = open_workspace(workspace)
+    changes = {"objective": objective, "folds": folds, "trials": trials, "timeout": timeout}
+    settings.tune = updated(settings.tune, {k: v for k, v in changes.items() if v is not None}, "tune")
+    with progress() as bar:
+        task = bar.add_task("tuning", total=settings.tune.trials)
+
+        def advance(what: str, done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = run_study(StepContext(settings, storage, progress=advance))
+    print_outputs("tuned", result.model_dump())
+    if result.best_value is not None and result.default_value is not None:
+        better = result.best_value > result.default_value
+        if settings.tune.objective == "cost":
+            better = result.best_value < result.default_value
+        err_console.print(
+            f"best {settings.tune.objective} {result.best_value:.4f} vs the configured parameters "
+            f"{result.default_value:.4f}: "
+            + ("train will use the best parameters" if better else "the search found nothing better"),
+            highlight=False,
+        )
 
 
 @handle_errors

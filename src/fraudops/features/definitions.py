@@ -77,7 +77,7 @@ EXTRA_FEATURES = [NB_TX_1HOUR, SECONDS_SINCE_PREV, AMOUNT_RATIO, AMOUNT_ZSCORE, 
 
 
 def handbook_feature_names(cfg: FeaturesConfig | None = None) -> list[str]:
-    """The handbook's baseline inputs (15 with the default windows)."""
+    """The handbook's baseline inputs (15 with its windows, 1, 7 and 30 days; 19 with the default ones)."""
     cfg = cfg or FeaturesConfig()
     names = [AMOUNT, "TX_DURING_WEEKEND", "TX_DURING_NIGHT"]
     for n in cfg.customer_windows:

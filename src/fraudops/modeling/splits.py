@@ -72,18 +72,8 @@ def _between(df: pl.DataFrame, start: dt.date, end: dt.date) -> pl.DataFrame:
     return df.filter((day >= start) & (day < end))
 
 
-def split_transactions(df: pl.DataFrame, settings: Settings, *, latest: bool = False) -> Split:
-    """Features over the needed history, then fit | validation | gap | test, known cards removed from test.
-
-    ``latest`` ignores train.train_start: the windows end with the data (the most recent test window).
-    """
-    cfg = settings.train.model_copy(update={"train_start": None}) if latest else settings.train
-    first, last = df[TX_TIME].min().date(), df[TX_TIME].max().date()  # type: ignore[union-attr]
-    w = plan_windows(first, last, cfg)
-    featured = features.add_features(
-        _between(df, _day(w["train_start"], -features.lookback_days(settings.features)), w["test_end"]),
-        settings.features,
-    )
+def _cut(featured: pl.DataFrame, w: dict[str, dt.date], cfg: TrainConfig) -> Split:
+    """fit | validation | gap | test of a featured frame, known-compromised cards removed from test."""
     fit = _between(featured, w["train_start"], w["valid_start"])
     valid = _between(featured, w["valid_start"], w["train_end"])
     gap = _between(featured, w["train_end"], w["test_start"])
@@ -96,6 +86,58 @@ def split_transactions(df: pl.DataFrame, settings: Settings, *, latest: bool = F
     )
     windows = {k: v.isoformat() for k, v in w.items()}
     return Split(fit, valid, test, windows, float(cfg.validation_days), test_all)
+
+
+def _date_range(df: pl.DataFrame) -> tuple[dt.date, dt.date]:
+    return df[TX_TIME].min().date(), df[TX_TIME].max().date()  # type: ignore[union-attr]
+
+
+def split_transactions(df: pl.DataFrame, settings: Settings, *, latest: bool = False) -> Split:
+    """Features over the needed history, then fit | validation | gap | test, known cards removed from test.
+
+    ``latest`` ignores train.train_start: the windows end with the data (the most recent test window).
+    """
+    cfg = settings.train.model_copy(update={"train_start": None}) if latest else settings.train
+    w = plan_windows(*_date_range(df), cfg)
+    featured = features.add_features(
+        _between(df, _day(w["train_start"], -features.lookback_days(settings.features)), w["test_end"]),
+        settings.features,
+    )
+    return _cut(featured, w, cfg)
+
+
+def fold_windows(first: dt.date, last: dt.date, cfg: TrainConfig, folds: int) -> list[dict[str, dt.date]]:
+    """Prequential folds, latest first: each the train | delay | test windows of ``cfg``, its "test" (the
+    fold's assessment window) ending ``cfg.test_days`` later than the next fold's; the latest one's ends
+    where the training window of :func:`plan_windows` ends, so no fold reaches the label-delay gap or
+    the test window."""
+    final = plan_windows(first, last, cfg)
+    out = []
+    for k in range(folds):
+        end = _day(final["train_end"], -k * cfg.test_days)
+        start = _day(end, -(cfg.train_days + cfg.delay_days + cfg.test_days))
+        if start < first:
+            raise FraudopsError(
+                f"tune.folds={folds}: fold {k + 1} would start on {start}, before the labelled data "
+                f"({first}..{last}); lower tune.folds or train.train_days, or add older data"
+            )
+        out.append(plan_windows(first, last, cfg.model_copy(update={"train_start": start})))
+    return out
+
+
+def prequential_splits(df: pl.DataFrame, settings: Settings, folds: int) -> list[Split]:
+    """The folds of :func:`fold_windows` as splits (latest first), features computed once over the data
+    before the training window's end: the label-delay gap and the test window are never read."""
+    if settings.data.kind != "transactions":
+        raise FraudopsError(
+            "tuning needs the transactions kind (prequential folds by calendar day); "
+            f"data.kind is {settings.data.kind!r}"
+        )
+    cfg = settings.train
+    plan = fold_windows(*_date_range(df), cfg, folds)
+    since = _day(plan[-1]["train_start"], -features.lookback_days(settings.features))
+    featured = features.add_features(_between(df, since, plan[0]["test_end"]), settings.features)
+    return [_cut(featured, w, cfg) for w in plan]
 
 
 def split_table(df: pl.DataFrame, cfg: TrainConfig) -> Split:

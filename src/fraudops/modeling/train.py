@@ -22,11 +22,12 @@ from fraudops.context import StepContext, StepResult
 from fraudops.data.loading import fingerprint, load_labelled
 from fraudops.data.schema import CUSTOMER, LABEL, TX_TIME, model_inputs
 from fraudops.errors import FraudopsError
-from fraudops.modeling import calibration, evaluate, plots
+from fraudops.modeling import calibration, evaluate, plots, tuned
 from fraudops.modeling.explain import DELAY, USUAL, usual_values
 from fraudops.modeling.model import FraudModel, LogisticModel, XGBoostModel
 from fraudops.modeling.pyfunc import log_model
 from fraudops.modeling.splits import Split, split
+from fraudops.modeling.tuned import BestParams
 from fraudops.tracking.client import client, flat_metrics, step_run
 
 
@@ -54,7 +55,7 @@ def input_names(df: pl.DataFrame, settings: Settings) -> list[str]:
     return model_inputs(df, settings.data)
 
 
-def _check_labels(parts: Split, cfg: TrainConfig) -> None:
+def check_labels(parts: Split, cfg: TrainConfig) -> None:
     for name, part in (("fit", parts.fit), ("validation", parts.valid), ("test", parts.test)):
         frauds = int(part[LABEL].sum()) if part.height else 0
         if part.height == 0:
@@ -75,7 +76,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, names: list[str], cfg: TrainConfi
     mean = x.mean(axis=0, dtype=np.float64)
     scale = x.std(axis=0, dtype=np.float64)
     scale[scale == 0] = 1.0
-    lr = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=cfg.seed)
+    lr = LogisticRegression(C=cfg.logistic_c, max_iter=2000, class_weight="balanced", random_state=cfg.seed)
     lr.fit((x - mean) / scale, y)
     return LogisticModel(
         names,
@@ -148,6 +149,54 @@ def _fit(
     return fit_xgboost(x, y, names, cfg, **kw)
 
 
+@dataclasses.dataclass
+class Arrays:
+    """A split as model inputs: float32 matrices and int32 labels, plus what CP@k needs of the test rows."""
+
+    x_fit: np.ndarray
+    y_fit: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    test_frame: pl.DataFrame
+    n_valid_days: float
+
+    @classmethod
+    def of(cls, parts: Split, names: list[str]) -> Arrays:
+        def xy(part: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+            return part.select(names).to_numpy().astype(np.float32), part[LABEL].to_numpy().astype(np.int32)
+
+        x_fit, y_fit = xy(parts.fit)
+        x_val, y_val = xy(parts.valid)
+        x_test, y_test = xy(parts.test)
+        test_frame = parts.test.select([c for c in (CUSTOMER, TX_TIME) if c in parts.test.columns])
+        return cls(
+            x_fit,
+            y_fit,
+            x_val,
+            y_val,
+            np.concatenate([x_fit, x_val]),
+            np.concatenate([y_fit, y_val]),
+            x_test,
+            y_test,
+            test_frame,
+            parts.n_valid_days,
+        )
+
+
+def fit_candidate(name: str, a: Arrays, names: list[str], cfg: TrainConfig) -> tuple[FraudModel, np.ndarray]:
+    """One candidate as training makes it: fitted on *fit* (XGBoost early-stopped on validation), then
+    refitted on the whole training window. Returns the refitted model and the first one's validation
+    scores (what the candidate choice and the threshold are based on)."""
+    first = _fit(name, a.x_fit, a.y_fit, names, cfg, eval_set=(a.x_val, a.y_val))
+    p_val = first.predict_proba(a.x_val)
+    refit = _fit(name, a.x_train, a.y_train, names, cfg, n_estimators=first.info.get("n_estimators"))
+    return refit, p_val
+
+
 def train_models(df: pl.DataFrame, settings: Settings) -> Trained:
     """Fit every candidate, pick the best on validation, refit on the training window, test it."""
     started = time.perf_counter()
@@ -162,25 +211,16 @@ def train_models(df: pl.DataFrame, settings: Settings) -> Trained:
         )
     parts = split(df, settings)
     names = input_names(df, settings)
-    _check_labels(parts, cfg)
+    check_labels(parts, cfg)
 
-    def xy(part: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        return part.select(names).to_numpy().astype(np.float32), part[LABEL].to_numpy().astype(np.int32)
-
-    x_fit, y_fit = xy(parts.fit)
-    x_val, y_val = xy(parts.valid)
-    train_part = parts.train
-    x_train, y_train = xy(train_part)
-    x_test, y_test = xy(parts.test)
-    test_frame = parts.test.select([c for c in (CUSTOMER, TX_TIME) if c in parts.test.columns])
+    a = Arrays.of(parts, names)
+    y_fit, y_val, x_test, y_test, test_frame = a.y_fit, a.y_val, a.x_test, a.y_test, a.test_frame
 
     candidates: dict[str, dict[str, Any]] = {}
     fitted: dict[str, tuple[FraudModel, np.ndarray]] = {}
     for name in cfg.candidates:
         t0 = time.perf_counter()
-        first = _fit(name, x_fit, y_fit, names, cfg, eval_set=(x_val, y_val))
-        p_val = first.predict_proba(x_val)
-        refit = _fit(name, x_train, y_train, names, cfg, n_estimators=first.info.get("n_estimators"))
+        refit, p_val = fit_candidate(name, a, names, cfg)
         fitted[name] = (refit, p_val)
         p_test = refit.predict_proba(x_test)
         candidates[name] = {
@@ -256,10 +296,17 @@ class TrainResult(StepResult):
     test_frauds: int
     windows: dict[str, str]
     seconds: float
+    tuned_study: str | None = None
+    """The study whose best parameters training used (tune.use_best), if any."""
 
 
 def log_training(
-    result: Trained, settings: Settings, *, execution_id: str | None = None, parent_run_id: str | None = None
+    result: Trained,
+    settings: Settings,
+    *,
+    execution_id: str | None = None,
+    parent_run_id: str | None = None,
+    tuned: BestParams | None = None,
 ) -> str:
     """Log what training learned: params, metrics, curves, data fingerprint, the model. Returns the run id."""
     import mlflow
@@ -281,6 +328,8 @@ def log_training(
                 "feature_columns": ",".join(result.model.feature_names)[:6000],
                 **{f"window_{k}": v for k, v in result.windows.items()},
                 **({f"xgb_{k}": v for k, v in cfg.xgboost.items()} if result.model.kind == "xgboost" else {}),
+                **({"logistic_c": cfg.logistic_c} if result.model.kind == "logistic_regression" else {}),
+                **({"tuned_study": tuned.study, "tuned_trial": tuned.trial} if tuned else {}),
                 "seed": cfg.seed,
             }
         )
@@ -328,11 +377,13 @@ def log_training(
 
 def train_step(ctx: StepContext) -> TrainResult:
     """The pipeline's train step: labelled data in, a tracked MLflow run out."""
-    settings = ctx.settings
-    client(settings)  # fail fast on an unreachable tracking server, before any work
+    client(ctx.settings)  # fail fast on an unreachable tracking server, before any work
+    settings, tuned_params = tuned.apply(ctx.settings, ctx.storage)
     df = load_labelled(ctx.storage, settings)
     trained = train_models(df, settings)
-    run_id = log_training(trained, settings, execution_id=ctx.execution_id, parent_run_id=ctx.parent_run_id)
+    run_id = log_training(
+        trained, settings, execution_id=ctx.execution_id, parent_run_id=ctx.parent_run_id, tuned=tuned_params
+    )
     m = trained.metrics
     cp = next((v for k, v in m.items() if k.startswith("card_precision_at_")), None)
     return TrainResult(
@@ -348,4 +399,5 @@ def train_step(ctx: StepContext) -> TrainResult:
         test_frauds=int(m["n_frauds"]),
         windows=trained.windows,
         seconds=round(trained.seconds, 1),
+        tuned_study=tuned_params.study if tuned_params else None,
     )

@@ -19,7 +19,8 @@ from typing import Any, Literal
 from fraudops.batch.step import BatchResult, batch_step
 from fraudops.context import StepContext, StepResult
 from fraudops.errors import FraudopsError
-from fraudops.modeling.train import TrainResult, train_step
+from fraudops.modeling.train import TrainResult
+from fraudops.modeling.tune import train_step_tuned
 from fraudops.monitoring.step import MonitorResult, monitor_step
 from fraudops.promotion.champion import ChampionResult, select_champion_step
 from fraudops.promotion.register import RegisterResult, register_step
@@ -99,9 +100,10 @@ PIPELINE = Pipeline(
     steps=(
         Step(
             "train",
-            train_step,
+            train_step_tuned,
             TrainResult,
-            "fit the candidates on a time split, pick one on validation, test it, log the run",
+            "fit the candidates on a time split (tuned first when tune.before_train), pick one on "
+            "validation, test it, log the run",
             job="training",
             reads=(RAW, CURRENT),
         ),

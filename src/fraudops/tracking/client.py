@@ -163,16 +163,36 @@ def step_run(
     parent_run_id: str | None = None,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator[Any]:
-    """An MLflow run for one step (nested under the execution's run when there is one)."""
+    """An MLflow run for one step (nested under the execution's run when there is one); ``resume_run_id``
+    reopens a run an interrupted process left (when it still exists) instead of starting one."""
     import mlflow
 
+    if resume_run_id:
+        c = client(settings)
+        if call(settings, "run", lambda: _find_run(c, resume_run_id)):
+            with mlflow.start_run(run_id=resume_run_id) as run:
+                yield run
+            return
     exp = experiment_id(settings)
     tags = {**run_tags(step, execution_id), **(tags or {})}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     with mlflow.start_run(experiment_id=exp, run_name=run_name or step, tags=tags) as run:
         yield run
+
+
+def _find_run(c: Any, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.get_run(run_id)
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
 
 
 def call(settings: Settings, what: str, fn: Callable[[], T]) -> T:

@@ -26,6 +26,11 @@ MLFLOW_DB = "mlflow.db"
 SAGEMAKER_OUTPUTS = "prod_outputs/sagemaker"
 """On AWS: each training job's ``<job>/output/model.tar.gz`` (its result; the model is in MLflow)."""
 
+# hyperparameter search (fraudops tune): the Optuna study and the best parameters train uses
+TUNING = "tuning"
+TUNE_JOURNAL = f"{TUNING}/study.journal"
+BEST_PARAMS = f"{TUNING}/best_params.json"
+
 # the champion's monitoring reference, written on promotion
 REFERENCE_DIR = "monitoring_inputs/reference"
 REFERENCE_DATA = f"{REFERENCE_DIR}/reference.parquet"
@@ -73,6 +78,7 @@ RESET_PATHS = (
     "prod_outputs",
     "monitoring_inputs",
     MONITORING,
+    TUNING,
     MLFLOW_DB,
     f"{MLFLOW_DB}-journal",
     f"{MLFLOW_DB}-wal",
