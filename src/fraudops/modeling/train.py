@@ -252,7 +252,7 @@ def train_models(df: pl.DataFrame, settings: Settings) -> Trained:
         y_test, p_test, model.threshold, costs=cfg.threshold, frame=test_frame, k=cfg.top_k
     )
     candidates[best]["test"] = metrics
-    model.info.update({"candidate": best, "windows": parts.windows, USUAL: usual_values(names, x_train)})
+    model.info.update({"candidate": best, "windows": parts.windows, USUAL: usual_values(names, a.x_train)})
     if settings.data.kind == "transactions":
         model.info[DELAY] = settings.features.delay_days
     data = {
