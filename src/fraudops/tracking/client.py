@@ -115,9 +115,14 @@ def client(settings: Settings) -> Any:
     uri = tracking_uri(settings)
     _check_reachable(uri)
     process.use_s3_endpoint(Storage.of(settings).endpoint_url)
+    from mlflow.exceptions import MlflowException
+
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return MlflowClient(uri, uri)
+    try:
+        return MlflowClient(uri, uri)
+    except MlflowException as e:  # a store MLflow refuses (e.g. a plain folder: the retired file store)
+        raise FraudopsError(f"registry.tracking_uri {uri!r}: {e.message}") from e
 
 
 def experiment_id(settings: Settings) -> str:
