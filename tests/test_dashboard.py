@@ -129,7 +129,11 @@ def test_the_dashboard_in_a_real_browser(demo_ws: str, server: Dashboard):
     model = LogisticModel([], 0.5)
     current = load_current(storage, settings, model)
     verdict_rows = current.filter(pl.col(TX_ID).cast(pl.String).is_in([tx for tx, _ in marked]))
-    assert verdict_rows.height == 3 and verdict_rows[LABEL].null_count() == 0
+    assert verdict_rows[TX_ID].n_unique() == 3 and verdict_rows[LABEL].null_count() == 0
+    # each verdict's label is among them (an alert also labelled in another current_data file appears
+    # twice: not deduplicated yet, see the README's known gaps)
+    found = set(zip(verdict_rows[TX_ID].cast(pl.String), verdict_rows[LABEL], strict=True))
+    assert {(tx, int(v == "fraud")) for tx, v in marked} <= found
 
 
 def test_api_key_and_bad_verdicts(demo_ws: str, monkeypatch: pytest.MonkeyPatch):
