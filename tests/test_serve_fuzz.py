@@ -296,8 +296,12 @@ def test_the_parser_process_answers_raises_and_restarts():
         assert first is not None
         first.kill()
         await first.wait()
-        x2, ids, single = await parser.run("predict", features, json.dumps(_row()).encode(), 10, None)
-        assert parser.proc is not first and single and ids is None and np.array_equal(x2, x)
+        x2, ids, single, explain = await parser.run(
+            "predict", features, json.dumps(_row()).encode(), 10, None
+        )
+        assert (
+            parser.proc is not first and single and ids is None and explain is None and np.array_equal(x2, x)
+        )
         second = parser.proc
         assert second is not None
         second.kill()  # gone, and not yet known to be: the job is sent again to a new child
