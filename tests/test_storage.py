@@ -256,6 +256,7 @@ def test_layout_is_the_seed_bucket() -> None:
         "monitoring_outputs/drift",
         "monitoring_outputs/metrics",
         "monitoring_outputs/retraining_decision",
+        "monitoring_outputs/history",
     }
 
 
