@@ -61,11 +61,14 @@ def tune(
     best parameters go to tuning/best_params.json, which train uses. Resumes the study when run again."""
     from fraudops.context import StepContext
     from fraudops.modeling.tune import tune as run_study
+    from fraudops.pipeline.history import new_execution_id
+    from fraudops.workspace.lock import WorkspaceLock
 
     settings, storage = open_workspace(workspace)
     changes = {"objective": objective, "folds": folds, "trials": trials, "timeout": timeout}
     settings.tune = updated(settings.tune, {k: v for k, v in changes.items() if v is not None}, "tune")
-    with progress() as bar:
+    lock = WorkspaceLock(storage, f"tune-{new_execution_id()}", timeout=settings.pipeline.lock_timeout)
+    with lock, progress() as bar:  # one writer at a time: a run's train reads what tune writes
         task = bar.add_task("tuning", total=settings.tune.trials)
 
         def advance(what: str, done: int, total: int | None) -> None:

@@ -8,7 +8,8 @@ folds. The running mean is reported after each fold and the median pruner stops 
 median of earlier trials at the same fold.
 
 The study lives in an Optuna journal file, ``tuning/study.journal``: a local workspace's file itself, so a
-killed process loses only its running trial; a remote workspace's journal is worked on in a local copy and
+killed process loses only its running trial (marked failed by the next run, which holds the workspace
+lock as every writer does); a remote workspace's journal is worked on in a local copy and
 uploaded after each trial (atomically). The study's name is a hash of what defines the problem (objective,
 folds, windows, features, candidates): running ``fraudops tune`` again with the same settings resumes the
 study, counting the trials already done; other settings start another study in the same journal. After each
@@ -23,8 +24,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import socket
 import statistics
 import tempfile
 import time
@@ -46,7 +45,7 @@ from fraudops.workspace.layout import TUNE_JOURNAL
 from fraudops.workspace.storage import Storage
 
 SEARCH_SPACE_VERSION = 1  # part of the study's name: a changed search space starts a new study
-WORKER_ATTR, RUN_ATTR = "worker", "mlflow_run_id"
+RUN_ATTR = "mlflow_run_id"
 MINIMISE: set[Objective] = {"cost"}
 
 
@@ -126,7 +125,10 @@ def journal(storage: Storage) -> Iterator[tuple[str, Any]]:
     """The journal's local path and an ``upload()`` to call after each trial (a no-op when local)."""
     if storage.is_local:
         storage.makedirs(TUNE_JOURNAL.rpartition("/")[0])
-        yield storage.path(TUNE_JOURNAL), lambda: None
+        path = storage.path(TUNE_JOURNAL)
+        # a killed process leaves Optuna's lock behind; we hold the workspace lock, so it is stale
+        Path(path + ".lock").unlink(missing_ok=True)
+        yield path, lambda: None
         return
     with tempfile.TemporaryDirectory(prefix="fraudops-tune-") as tmp:
         local = Path(tmp) / "study.journal"
@@ -135,34 +137,16 @@ def journal(storage: Storage) -> Iterator[tuple[str, Any]]:
         yield str(local), lambda: storage.write_bytes(TUNE_JOURNAL, local.read_bytes())
 
 
-def _worker() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _alive(worker: str) -> bool:
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True  # another machine's trial: not ours to judge
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def fail_abandoned(study: Any) -> int:
     """Trials left running by a process that died (kill -9, a crash) are marked failed: they never
-    count, and the study continues. Returns how many."""
+    count, and the study continues. The caller holds the workspace lock, so no other process runs this
+    workspace's trials: every running trial is abandoned. Returns how many."""
     from optuna.trial import TrialState
 
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _alive(str(t.user_attrs.get(WORKER_ATTR, ""))):
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            n += 1
-    return n
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in running:
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    return len(running)
 
 
 class TuneResult(StepResult):
@@ -278,7 +262,6 @@ def tune(
             )
 
             def objective(trial: Any) -> float:
-                trial.set_user_attr(WORKER_ATTR, _worker())
                 changes = suggest(trial, list(cfg.candidates), settings.train)
                 train_cfg = TrainConfig.model_validate({**settings.train.model_dump(), **changes})
                 trial.set_user_attr("train", changes)
