@@ -34,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from bench_serve import FEATURES, WRK_LUA, build_workspace, champion, free_port, start, stop, wait_ready
+from bench_serve import build_large_workspace, champion
 from common import finish, machine
+from loadgen import WRK_LUA, free_port, start, stop, wait_ready, wrk
 
 RESULTS = Path(__file__).parent / "results" / "capture.json"
 TARGET_REASON_P99_MS = 2.0
@@ -89,36 +90,22 @@ def reason_costs(model: Any, rows: np.ndarray) -> dict[str, Any]:
     }
 
 
-def bodies(rows: np.ndarray, path: Path, explain: bool | None) -> None:
+def bodies(rows: np.ndarray, features: list[str], path: Path, explain: bool | None) -> None:
     lines = []
     for r in rows[:64].tolist():
-        rec: dict[str, Any] = dict(zip(FEATURES, r, strict=True))
+        rec: dict[str, Any] = dict(zip(features, r, strict=True))
         if explain is not None:
             rec["explain"] = explain
         lines.append(json.dumps(rec))
     path.write_text("\n".join(lines) + "\n")
 
 
-def wrk(url: str, bodies_file: Path, script: Path, connections: int, seconds: float) -> dict[str, float]:
-    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "30s"]
-    cmd += ["-s", str(script), url + "/predict"]
-    env = {**os.environ, "WRK_BODIES": str(bodies_file)}
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    r = json.loads(next(ln for ln in out.splitlines() if ln.startswith("WRKJSON ")).removeprefix("WRKJSON "))
-    return {
-        "req_per_s": r["requests"] / (r["duration_us"] / 1e6),
-        "p50_ms": r["p50_us"] / 1000,
-        "p99_ms": r["p99_us"] / 1000,
-        "errors": r["errors"] + r["status_errors"],
-    }
-
-
 def serve(root: Path, log: Path, **env: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = ["taskset", "-c", "0", sys.executable, "-m", "fraudops.cli", "serve", "-w", str(root)]
+    cmd = [sys.executable, "-m", "fraudops.cli", "serve", "-w", str(root)]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     base = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUDOPS_", "PROMETHEUS_"))}
-    proc = start(cmd, {**base, **env}, log)
+    proc = start(cmd, {**base, **env}, log, cpu="0")
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc, log)
     return proc, url
@@ -143,7 +130,7 @@ def main() -> int:
     try:
         _, model, _ = champion(root)
     except Exception:  # no workspace or no champion yet
-        build_workspace(root, args.rows)
+        build_large_workspace(root, args.rows)
         _, model, _ = champion(root)
     ensure_challenger(root)
     rng = np.random.default_rng(5)
@@ -154,9 +141,10 @@ def main() -> int:
     script = work / "bodies.lua"
     script.write_text(WRK_LUA)
     files = {k: work / f"{k}.jsonl" for k in ("plain", "explain_on", "explain_off")}
-    bodies(rows, files["plain"], None)
-    bodies(rows, files["explain_on"], True)
-    bodies(rows, files["explain_off"], False)
+    features = list(model.feature_names)
+    bodies(rows, features, files["plain"], None)
+    bodies(rows, features, files["explain_on"], True)
+    bodies(rows, features, files["explain_off"], False)
     capture = {"FRAUDOPS_SERVE__CAPTURE__ENABLED": "true", "FRAUDOPS_SERVE__CAPTURE__FLUSH_SECONDS": "5"}
     servers = {
         "plain": {},
@@ -168,14 +156,24 @@ def main() -> int:
         for name, env in servers.items():
             started[name] = serve(root, work / f"{name}.log", **env)
         url = started["plain"][1]
-        wrk(url, files["plain"], script, 16, 2)  # warm-up
+        wrk(url + "/predict", script, 16, 2, env={"WRK_BODIES": str(files["plain"])})  # warm-up
         c1: dict[str, list[dict[str, float]]] = {"explain_off": [], "explain_on": []}
         c16: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         for _ in range(args.runs):
             for kind in c1:
-                c1[kind].append(wrk(url, files[kind], script, 1, args.duration))
+                c1[kind].append(
+                    wrk(url + "/predict", script, 1, args.duration, env={"WRK_BODIES": str(files[kind])})
+                )
             for name in servers:
-                c16[name].append(wrk(started[name][1], files["plain"], script, 16, args.duration))
+                c16[name].append(
+                    wrk(
+                        started[name][1] + "/predict",
+                        script,
+                        16,
+                        args.duration,
+                        env={"WRK_BODIES": str(files["plain"])},
+                    )
+                )
     finally:
         for proc, _ in started.values():
             stop(proc)

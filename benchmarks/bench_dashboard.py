@@ -15,7 +15,6 @@ import argparse
 import datetime as dt
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from fraudops.monitoring import history as monitoring_history
 from fraudops.pipeline.history import History
 from fraudops.workspace import load_settings
 from fraudops.workspace.storage import Storage
+from loadgen import free_port
 
 PAGES = ("/", "/executions", "/champion", "/monitoring", "/decision", "/alerts", "/report")
 TARGET_MS = 300.0
@@ -64,12 +64,6 @@ def pad_history(workspace: str, n: int) -> int:
     full = pl.concat([pl.DataFrame(padded, schema=table.schema), table]) if padded else table
     monitoring_history.write(storage, full.sort("monitored_at"))
     return full.height
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def measure(workspace: str, requests: int) -> dict[str, Any]:

@@ -25,23 +25,19 @@ Targets (issue 13): raw p99 ≤ 5 ms and ≥ 4× the peer's throughput at concur
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from common import finish, machine
+from loadgen import DONE_LUA, WRK_LUA, free_port, post, start, stop, wait_ready, wrk
 
 RESULTS = Path(__file__).parent / "results" / "online.json"
 MODEL_NAME = "bench-online-model"
@@ -64,25 +60,6 @@ request = function()
     '"TERMINAL_ID": %d, "TX_AMOUNT": %.2f}', id0 + n, stamp, math.random(0, cards - 1),
     math.random(0, terminals - 1), math.random() * 150)
   return wrk.format("POST", "/predict", {["Content-Type"] = "application/json"}, body)
-end
-"""
-BODIES_LUA = r"""
-local bodies = {}
-for line in io.lines(os.getenv("WRK_BODIES")) do
-  bodies[#bodies + 1] = wrk.format("POST", nil, {["Content-Type"] = "application/json"}, line)
-end
-local i = 0
-request = function()
-  i = i % #bodies + 1
-  return bodies[i]
-end
-"""
-DONE_LUA = r"""
-done = function(summary, latency, requests)
-  io.write(string.format('WRKJSON {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, ' ..
-    '"errors": %d}\n', summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout +
-    summary.errors.status))
 end
 """
 
@@ -178,79 +155,6 @@ def state_build(root: Path) -> tuple[dict[str, Any], Any, Any, Any]:
     return out, settings, storage, history
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(cmd: list[str], env: dict[str, str], log: Path, url: str) -> subprocess.Popen:
-    """A server pinned to CPU 0, ready when /ping answers 200."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            ["taskset", "-c", "0", *cmd],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url + "/ping", timeout=2) as r:
-            if r.status == 200:
-                return proc
-        time.sleep(0.5)
-    raise SystemExit(f"server not ready:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def wrk(url: str, script: Path, seconds: float, env: dict[str, str]) -> dict[str, float]:
-    cmd = [
-        "taskset",
-        "-c",
-        "1",
-        "wrk",
-        "-t1",
-        "-c1",
-        f"-d{seconds:g}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(script),
-        url,
-    ]
-    done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"wrk failed ({done.returncode}): {done.stdout[-2000:]} {done.stderr[-2000:]}")
-    out = done.stdout
-    r = json.loads(next(ln for ln in out.splitlines() if ln.startswith("WRKJSON ")).removeprefix("WRKJSON "))
-    return {
-        "req_per_s": r["requests"] / (r["duration_us"] / 1e6),
-        "p50_ms": r["p50_us"] / 1000,
-        "p99_ms": r["p99_us"] / 1000,
-        "requests": r["requests"],
-        "errors": r["errors"],
-    }
-
-
-def post(url: str, body: bytes) -> Any:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workspace", help="reuse (or build) the workspace here; default: a temporary folder")
@@ -290,7 +194,7 @@ def main() -> int:
         )
         + "\n"
     )
-    (logs / "bodies.lua").write_text(BODIES_LUA + DONE_LUA)
+    (logs / "bodies.lua").write_text(WRK_LUA)
     (logs / "raw.lua").write_text(RAW_LUA + DONE_LUA)
 
     import mlflow.xgboost
@@ -306,14 +210,16 @@ def main() -> int:
     ours_cmd = [sys.executable, "-m", "fraudops.cli", "serve", "-w", str(root), "--host", "127.0.0.1"]
     ours_cmd += ["--port", ours_url.rsplit(":", 1)[1], "--workers", "1"]
     t0 = time.perf_counter()
-    ours = start(ours_cmd, env, logs / "fraudops.log", ours_url)
+    ours = start(ours_cmd, env, logs / "fraudops.log", cpu="0")
+    wait_ready(ours_url, ours, logs / "fraudops.log", timeout=600)
     startup_s = time.perf_counter() - t0
-    peer = start(peer_cmd, {**env, "OMP_NUM_THREADS": "1"}, logs / "mlflow.log", peer_url)
+    peer = start(peer_cmd, {**env, "OMP_NUM_THREADS": "1"}, logs / "mlflow.log", cpu="0")
+    wait_ready(peer_url, peer, logs / "mlflow.log", timeout=600)
     load_before = os.getloadavg()
     try:
         first = bodies.read_text().splitlines()[0].encode()
-        p_peer = post(peer_url + "/invocations", first)["predictions"][0]
-        p_ours = post(ours_url + "/invocations", first)["predictions"][0]["fraud_probability"]
+        p_peer = json.loads(post(peer_url + "/invocations", first))["predictions"][0]
+        p_ours = json.loads(post(ours_url + "/invocations", first))["predictions"][0]["fraud_probability"]
         newest = to_micros(history[TX_TIME].max())
         cards, terminals = int(history[CUSTOMER].max()) + 1, int(history[TERMINAL].max()) + 1
         rounds: list[dict[str, Any]] = []
@@ -332,7 +238,7 @@ def main() -> int:
                         "ID0": str(10**12 * (2 * k + 1) + 10**11 * (phase == "measure")),
                         "STEP_US": str(STEP_US),
                     }
-                    r = wrk(url, script, seconds, lua_env)
+                    r = wrk(url, script, 1, seconds, env=lua_env)
                 if r["errors"]:
                     raise SystemExit(
                         f"{name}: {r['errors']} errors; {(logs / 'fraudops.log').read_text()[-3000:]}"
@@ -344,17 +250,21 @@ def main() -> int:
                     flush=True,
                 )
             rounds.append(row)
-        raw_answer = post(
-            ours_url + "/predict",
-            json.dumps(
-                {
-                    "TRANSACTION_ID": 1,
-                    "TX_DATETIME": str(dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=base + 10**11)),
-                    "CUSTOMER_ID": 0,
-                    "TERMINAL_ID": 0,
-                    "TX_AMOUNT": 10.0,
-                }
-            ).encode(),
+        raw_answer = json.loads(
+            post(
+                ours_url + "/predict",
+                json.dumps(
+                    {
+                        "TRANSACTION_ID": 1,
+                        "TX_DATETIME": str(
+                            dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=base + 10**11)
+                        ),
+                        "CUSTOMER_ID": 0,
+                        "TERMINAL_ID": 0,
+                        "TX_AMOUNT": 10.0,
+                    }
+                ).encode(),
+            )
         )
     finally:
         stop(peer)

@@ -31,21 +31,15 @@ Everything listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
 import shutil
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -54,6 +48,7 @@ import numpy as np
 import polars as pl
 
 from common import finish, machine
+from loadgen import WRK_LUA, free_port, post, proc_stats, start, stop, summarize, tree_ticks, wait_ready, wrk
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "serve.json"
@@ -67,80 +62,9 @@ TARGET_C1_RATIO = 7.0
 TARGET_C1_P99_MS = 1.5
 TARGET_C16_RATIO = 6.0
 TARGET_C16_P99_MS = 10.0
-WRK_LUA = r"""
-local bodies = {}
-for line in io.lines(os.getenv("WRK_BODIES")) do bodies[#bodies + 1] = line end
-local requests = {}
-for i, body in ipairs(bodies) do
-  requests[i] = wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
-end
-local i = 0
-request = function()
-  i = i % #requests + 1
-  return requests[i]
-end
-done = function(summary, latency, requests)
-  io.write(string.format(
-    'WRKJSON {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, ' ..
-    '"mean_us": %.1f, "errors": %d, "status_errors": %d}\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.max, latency.mean,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    summary.errors.status))
-end
-"""
 
 
 # ------------------------------------------------------------------------ pure helpers (unit-tested)
-
-
-def parse_wrk(stdout: str) -> dict[str, float]:
-    """The figures of one wrk run, from the line the Lua script's ``done`` writes."""
-    line = next((ln for ln in stdout.splitlines() if ln.startswith("WRKJSON ")), None)
-    if line is None:
-        raise ValueError(f"no WRKJSON line in wrk's output: {stdout[-500:]!r}")
-    r = json.loads(line.removeprefix("WRKJSON "))
-    seconds = r["duration_us"] / 1e6
-    return {
-        "requests": r["requests"],
-        "req_per_s": r["requests"] / seconds if seconds else 0.0,
-        "p50_ms": r["p50_us"] / 1000,
-        "p90_ms": r["p90_us"] / 1000,
-        "p99_ms": r["p99_us"] / 1000,
-        "max_ms": r["max_us"] / 1000,
-        "errors": r["errors"] + r["status_errors"],
-    }
-
-
-def parse_stat(text: str) -> tuple[int, int]:
-    """(parent pid, utime + stime clock ticks) from the text of ``/proc/<pid>/stat``.
-
-    The command name (field 2) is in parentheses and may hold spaces and parentheses: split after the last.
-    """
-    fields = text.rsplit(")", 1)[1].split()
-    return int(fields[1]), int(fields[11]) + int(fields[12])
-
-
-def tree_ticks(stats: Mapping[int, tuple[int, int]], root: int) -> int:
-    """CPU ticks of ``root`` and all its descendants, from {pid: (parent pid, ticks)}."""
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _) in stats.items():
-        children.setdefault(parent, []).append(pid)
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        total += stats[pid][1] if pid in stats else 0
-        todo += children.get(pid, [])
-    return total
-
-
-def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
-    """The median of each figure over several runs (requests and errors: summed)."""
-    out = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k not in ("requests", "errors")}
-    out["requests"] = sum(r["requests"] for r in runs)
-    out["errors"] = sum(r["errors"] for r in runs)
-    out["runs"] = len(runs)
-    return out
 
 
 def markdown_table(results: Iterable[dict[str, Any]], servers: list[str]) -> str:
@@ -313,76 +237,15 @@ def runtime_costs(model: Any) -> dict[str, dict[str, float]]:
 # --------------------------------------------------------------------------------------- servers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "w") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url + "/ping", timeout=2) as r:
-            if r.status == 200:
-                return
-        time.sleep(0.3)
-    raise SystemExit(f"server not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def proc_stats() -> dict[int, tuple[int, int]]:
-    """{pid: (parent pid, CPU ticks)} of every process (Linux /proc)."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:
-                out[int(entry)] = parse_stat(f.read())
-    return out
-
-
-def post(url: str, body: bytes) -> bytes:
-    req = urllib.request.Request(
-        url + "/invocations", data=body, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return bytes(r.read())
-    except urllib.error.HTTPError as e:
-        raise SystemExit(f"{url} answered {e.code}: {e.read()[:500]!r}") from None
-
-
 def split_body(rows: np.ndarray, features: list[str]) -> bytes:
     return json.dumps({"dataframe_split": {"columns": features, "data": rows.tolist()}}).encode()
 
 
 def run_wrk(url: str, bodies: Path, script: Path, connections: int, seconds: int, cpu: str, pid: int):
     """One wrk run pinned to ``cpu``; with the server tree's CPU milliseconds per request."""
-    cmd = ["taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s"]
-    cmd += ["-s", str(script), url + "/invocations"]
     before = tree_ticks(proc_stats(), pid)
-    out = subprocess.run(
-        cmd, env={**os.environ, "WRK_BODIES": str(bodies)}, capture_output=True, text=True, check=True
-    ).stdout
+    r = wrk(url + "/invocations", script, connections, seconds, cpu=cpu, env={"WRK_BODIES": str(bodies)})
     ticks = tree_ticks(proc_stats(), pid) - before
-    r = parse_wrk(out)
     r["cpu_ms_per_request"] = 1000 * ticks / os.sysconf("SC_CLK_TCK") / max(r["requests"], 1)
     return r
 
@@ -429,9 +292,8 @@ class Bench:
     ) -> dict[tuple[int, int], dict[str, float]]:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        full = ["taskset", "-c", self.args.server_cpu, *[c.replace("{port}", str(port)) for c in cmd]]
         log = self.logs / f"{name.replace(' ', '_')}.log"
-        proc = start(full, env, log)
+        proc = start([c.replace("{port}", str(port)) for c in cmd], env, log, cpu=self.args.server_cpu)
         out: dict[tuple[int, int], dict[str, float]] = {}
         try:
             wait_ready(url, proc, log)
@@ -472,7 +334,7 @@ class Bench:
         answers: dict[str, list[bytes]] = {}
 
         def collect(name: str) -> Callable[[str], None]:
-            return lambda url: answers.__setitem__(name, [post(url, b) for b in check])
+            return lambda url: answers.__setitem__(name, [post(url + "/invocations", b) for b in check])
 
         from fraudops.tracking.client import tracking_uri
 

@@ -13,11 +13,10 @@ import pytest
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports its sibling `common`
+def _load(name: str) -> ModuleType:
+    sys.path.insert(0, str(BENCHMARKS))  # the scripts import their siblings `common` and `loadgen`
     try:
-        spec = importlib.util.spec_from_file_location("bench_serve", BENCHMARKS / "bench_serve.py")
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -26,28 +25,38 @@ def bench() -> ModuleType:
         sys.path.remove(str(BENCHMARKS))
 
 
-def test_parse_wrk_reads_the_lua_summary_line(bench: ModuleType) -> None:
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    return _load("bench_serve")
+
+
+@pytest.fixture(scope="module")
+def loadgen() -> ModuleType:
+    return _load("loadgen")
+
+
+def test_parse_wrk_reads_the_lua_summary_line(loadgen: ModuleType) -> None:
     out = (
         "Running 3s test @ http://127.0.0.1:1/invocations\n  1 threads and 16 connections\n"
         'WRKJSON {"requests": 6000, "duration_us": 2000000, "p50_us": 150, "p90_us": 300, "p99_us": 1250, '
         '"max_us": 9000, "mean_us": 170.5, "errors": 2, "status_errors": 1}\n'
     )
-    r = bench.parse_wrk(out)
+    r = loadgen.parse_wrk(out)
     assert r["req_per_s"] == 3000.0
     assert (r["p50_ms"], r["p90_ms"], r["p99_ms"], r["max_ms"]) == (0.15, 0.3, 1.25, 9.0)
     assert r["requests"] == 6000
     assert r["errors"] == 3
     with pytest.raises(ValueError, match="no WRKJSON line"):
-        bench.parse_wrk("Running 3s test\nsocket errors: connect 16\n")
+        loadgen.parse_wrk("Running 3s test\nsocket errors: connect 16\n")
 
 
-def test_parse_stat_splits_after_the_command_name(bench: ModuleType) -> None:
+def test_parse_stat_splits_after_the_command_name(loadgen: ModuleType) -> None:
     # fields after the name: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
     text = "4242 (python3 (x) y) S 17 4242 4242 0 -1 4194304 900 0 0 0 125 31 0 0 20 0 3 0\n"
-    assert bench.parse_stat(text) == (17, 156)
+    assert loadgen.parse_stat(text) == (17, 156)
 
 
-def test_tree_ticks_sums_a_process_and_its_descendants_only(bench: ModuleType) -> None:
+def test_tree_ticks_sums_a_process_and_its_descendants_only(loadgen: ModuleType) -> None:
     stats = {
         1: (0, 1000),  # init: not in the tree
         10: (1, 5),  # the server launcher
@@ -56,17 +65,17 @@ def test_tree_ticks_sums_a_process_and_its_descendants_only(bench: ModuleType) -
         13: (11, 7),
         20: (1, 999),  # an unrelated process
     }
-    assert bench.tree_ticks(stats, 10) == 242
-    assert bench.tree_ticks(stats, 11) == 237
-    assert bench.tree_ticks(stats, 99) == 0  # gone
+    assert loadgen.tree_ticks(stats, 10) == 242
+    assert loadgen.tree_ticks(stats, 11) == 237
+    assert loadgen.tree_ticks(stats, 99) == 0  # gone
 
 
-def test_cpu_accounting_of_this_process(bench: ModuleType) -> None:
+def test_cpu_accounting_of_this_process(loadgen: ModuleType) -> None:
     """The /proc reader finds this process under its parent, with the ticks it has used so far."""
-    stats = bench.proc_stats()
+    stats = loadgen.proc_stats()
     parent, ticks = stats[os.getpid()]
     assert parent == os.getppid()
-    assert bench.tree_ticks(stats, os.getpid()) >= ticks > 0
+    assert loadgen.tree_ticks(stats, os.getpid()) >= ticks > 0
 
 
 def _run(rps: float, p99: float, cpu: float = 0.1, errors: int = 0) -> dict[str, float]:
@@ -80,8 +89,8 @@ def _run(rps: float, p99: float, cpu: float = 0.1, errors: int = 0) -> dict[str,
     }
 
 
-def test_summarize_takes_medians_and_sums_counts(bench: ModuleType) -> None:
-    s = bench.summarize([_run(100, 3.0), _run(300, 1.0, errors=1), _run(200, 9.0)])
+def test_summarize_takes_medians_and_sums_counts(loadgen: ModuleType) -> None:
+    s = loadgen.summarize([_run(100, 3.0), _run(300, 1.0, errors=1), _run(200, 9.0)])
     assert s["req_per_s"] == 200
     assert s["p99_ms"] == 3.0
     assert s["requests"] == 300
