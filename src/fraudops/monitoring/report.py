@@ -21,6 +21,7 @@ from fraudops.config import MonitorConfig
 from fraudops.modeling import plots
 from fraudops.monitoring import estimate
 from fraudops.monitoring.decision import Decision
+from fraudops.monitoring.history import SUMMARY_COLUMNS
 from fraudops.monitoring.stats import DRIFT_COLUMNS
 
 PLOT_SAMPLE = 100_000
@@ -161,21 +162,8 @@ def trend_chart(trend: pl.DataFrame) -> str | None:
 
 
 def _trend_rows(trend: pl.DataFrame, last: int = 20) -> list[dict[str, Any]]:
-    keep = [
-        c
-        for c in (
-            "monitored_at",
-            "model_version",
-            "retraining_required",
-            "performance_source",
-            "drift_share",
-            "score_psi",
-            "realized_average_precision",
-            "estimated_average_precision",
-            "alerts",
-        )
-        if c in trend.columns
-    ]
+    """The last runs' figures, the columns ``fraudops monitor history`` shows."""
+    keep = [c for c in SUMMARY_COLUMNS if c in trend.columns]
     return list(trend.select(keep).tail(last).iter_rows(named=True)) if trend.height else []
 
 

@@ -51,8 +51,6 @@ class Capture:
     """The capture buffer and its writer thread (one per worker process)."""
 
     def __init__(self, settings: Settings, metrics: Metrics, storage: Storage | None = None) -> None:
-        from prometheus_client import Counter, Gauge
-
         self.cfg = settings.serve.capture
         self.storage = storage or Storage.of(settings)
         self.shadow = Shadow(settings, settings.serve.shadow, metrics) if settings.serve.shadow else None
@@ -64,20 +62,7 @@ class Capture:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._seq = itertools.count()
-        r = metrics.registry
-        self.m_rows = Counter(
-            "fraudops_serve_capture_rows",
-            "Scored rows by capture outcome: written, dropped (buffer full) or failed (write error)",
-            ["result"],
-            registry=r,
-        )
-        self.m_files = Counter("fraudops_serve_capture_files", "Capture files written", registry=r)
-        self.m_buffer = Gauge(
-            "fraudops_serve_capture_buffer_rows",
-            "Rows waiting in the capture buffer",
-            multiprocess_mode="liveall",
-            registry=r,
-        )
+        self.metrics = metrics
 
     # -- the request path
 
@@ -139,8 +124,8 @@ class Capture:
             dropped, self._dropped = self._dropped, 0
             rows = self._rows
         if dropped:
-            self.m_rows.labels("dropped").inc(dropped)
-        self.m_buffer.set(rows)
+            self.metrics.capture_rows.labels("dropped").inc(dropped)
+        self.metrics.capture_buffer.set(rows)
         return dropped
 
     def flush(self) -> int:
@@ -158,12 +143,12 @@ class Capture:
                 part = frame.filter(hours == hour)
                 name = f"part-{hour:%Y%m%dT%H}-{os.getpid()}-{time.time_ns()}-{next(self._seq)}.parquet"
                 self.storage.write_frame(f"{files.partition(hour)}/{name}", part)
-                self.m_files.inc()
+                self.metrics.capture_files.inc()
                 written += part.height
-            self.m_rows.labels("written").inc(written)
+            self.metrics.capture_rows.labels("written").inc(written)
         except Exception as e:  # the endpoint keeps serving; the rows are counted as lost
             lost = sum(len(b.p) for b in batch) - written
-            self.m_rows.labels("failed").inc(lost)
+            self.metrics.capture_rows.labels("failed").inc(lost)
             log.warning("capture write failed, %d rows lost (%s: %s)", lost, type(e).__name__, e)
         return written
 

@@ -60,6 +60,46 @@ class Metrics:
             multiprocess_mode="max",
             registry=r,
         )
+        # data capture (serve.capture) and the shadow model (serve.shadow)
+        self.capture_rows = Counter(
+            "fraudops_serve_capture_rows",
+            "Scored rows by capture outcome: written, dropped (buffer full) or failed (write error)",
+            ["result"],
+            registry=r,
+        )
+        self.capture_files = Counter("fraudops_serve_capture_files", "Capture files written", registry=r)
+        self.capture_buffer = Gauge(
+            "fraudops_serve_capture_buffer_rows",
+            "Rows waiting in the capture buffer",
+            multiprocess_mode="liveall",
+            registry=r,
+        )
+        self.shadow_rows = Counter(
+            "fraudops_serve_shadow_rows", "Captured rows scored by the shadow model", registry=r
+        )
+        self.shadow_skipped = Counter(
+            "fraudops_serve_shadow_skipped_rows",
+            "Captured rows the shadow model could not score (no version with the alias, other inputs)",
+            registry=r,
+        )
+        self.shadow_alerts = Counter(
+            "fraudops_serve_shadow_alerts",
+            "Shadow-scored rows by alert decision of the served model and of the shadow model",
+            ["served", "shadow"],
+            registry=r,
+        )
+        self.shadow_correlation = Gauge(
+            "fraudops_serve_shadow_score_correlation",
+            "Pearson correlation of served and shadow probabilities over the rows this worker compared",
+            multiprocess_mode="liveall",
+            registry=r,
+        )
+        self.shadow_version = Gauge(
+            "fraudops_serve_shadow_model_version",
+            "Registered model version scoring in the shadow (0 = none)",
+            multiprocess_mode="liveall",
+            registry=r,
+        )
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:

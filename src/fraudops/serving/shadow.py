@@ -29,41 +29,13 @@ class Shadow:
     """The shadow model of one worker, and its running comparison with the served model."""
 
     def __init__(self, settings: Settings, alias: str, metrics: Metrics) -> None:
-        from prometheus_client import Counter, Gauge
-
         self.settings, self.alias = settings, alias
         self.model: FraudModel | None = None
         self.version: str | None = None
         self.checked = -math.inf
         # running sums for the correlation: n, sum x, sum y, sum xx, sum yy, sum xy (x served, y shadow)
         self.sums = np.zeros(6)
-        r = metrics.registry
-        self.rows = Counter(
-            "fraudops_serve_shadow_rows", "Captured rows scored by the shadow model", registry=r
-        )
-        self.skipped = Counter(
-            "fraudops_serve_shadow_skipped_rows",
-            "Captured rows the shadow model could not score (no version with the alias, other inputs)",
-            registry=r,
-        )
-        self.alerts = Counter(
-            "fraudops_serve_shadow_alerts",
-            "Shadow-scored rows by alert decision of the served model and of the shadow model",
-            ["served", "shadow"],
-            registry=r,
-        )
-        self.correlation = Gauge(
-            "fraudops_serve_shadow_score_correlation",
-            "Pearson correlation of served and shadow probabilities over the rows this worker compared",
-            multiprocess_mode="liveall",
-            registry=r,
-        )
-        self.model_version = Gauge(
-            "fraudops_serve_shadow_model_version",
-            "Registered model version scoring in the shadow (0 = none)",
-            multiprocess_mode="liveall",
-            registry=r,
-        )
+        self.metrics = metrics
 
     def refresh(self) -> None:
         """Load the version the alias names if it changed (at most every serve.reload_interval)."""
@@ -77,7 +49,7 @@ class Shadow:
             if target != self.version:
                 self.model = None if target is None else load_version(self.settings, target)
                 self.version = target
-                self.model_version.set(float(target) if target and target.isdigit() else 0.0)
+                self.metrics.shadow_version.set(float(target) if target and target.isdigit() else 0.0)
                 log.info("shadow model: %s", f"version {target}" if target else f"no '{self.alias}' version")
         except Exception as e:  # keep the previous shadow model; the served model is unaffected
             log.warning("shadow model check failed (%s: %s)", type(e).__name__, e)
@@ -90,19 +62,19 @@ class Shadow:
         self.refresh()
         model = self.model
         if model is None or self.version is None or model.feature_names != features:
-            self.skipped.inc(len(p))
+            self.metrics.shadow_skipped.inc(len(p))
             return None
         q = model.predict_proba(x)
         alert = q >= model.threshold
-        self.rows.inc(len(q))
+        self.metrics.shadow_rows.inc(len(q))
         for served in (False, True):
             for shadow in (False, True):
                 both = int(np.sum((flags == served) & (alert == shadow)))
                 if both:
-                    self.alerts.labels(str(served).lower(), str(shadow).lower()).inc(both)
+                    self.metrics.shadow_alerts.labels(str(served).lower(), str(shadow).lower()).inc(both)
         self.sums += [len(p), p.sum(), q.sum(), (p * p).sum(), (q * q).sum(), (p * q).sum()]
         n, sx, sy, sxx, syy, sxy = (float(v) for v in self.sums)
         var_x, var_y = n * sxx - sx * sx, n * syy - sy * sy
         if var_x > 0 and var_y > 0:
-            self.correlation.set((n * sxy - sx * sy) / math.sqrt(var_x * var_y))
+            self.metrics.shadow_correlation.set((n * sxy - sx * sy) / math.sqrt(var_x * var_y))
         return self.version, q, alert
