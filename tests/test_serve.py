@@ -968,5 +968,9 @@ def test_failed_reload_keeps_serving_and_is_reported(server, champion, tmp_path)
         assert 'fraudops_serve_model_reloads_total{result="failure"}' in metrics
     finally:
         registry.set_alias(settings, "champion", int(good))
-    health = _wait_health(server["url"], lambda h: h["status"] == "ok" and h["model_version"] == good)
+    # health is per worker: wait for one that saw the failure (the other may not have checked in time)
+    health = _wait_health(
+        server["url"],
+        lambda h: h["status"] == "ok" and h["model_version"] == good and h["last_failed_reload"] is not None,
+    )
     assert health["last_reload_error"] is None and health["last_failed_reload"]["version"] == str(mv.version)
