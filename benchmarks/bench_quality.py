@@ -183,7 +183,8 @@ def markdown(by_variant: dict[str, list[dict[str, Any]]], seeds: list[int]) -> s
     ]
     if "handbook_features" in by_variant:
         full, base = by_variant["default"], by_variant["handbook_features"]
-        lines += ["", "Added features (20 inputs vs the handbook's 15, same seeds, paired differences):", ""]
+        n = len(full[0]["feature_names"])
+        lines += ["", f"Added features ({n} inputs vs the handbook's 15, same seeds, paired):", ""]
         for who in ("xgboost", "logistic_regression", "chosen"):
             if who != "chosen" and who not in full[0]["candidates"]:
                 continue
