@@ -51,15 +51,17 @@ BURST_AMOUNT = (1.0, 20.0)
 BURST_END_SECOND = 6 * 3600
 PROFILES, TRANSACTIONS, TERMINALS, CUSTOMERS, DRIFT = range(5)
 """The random stages (the first element of their generators' spawn key)."""
-SCHEMA = {
-    TX_ID: pl.Int64,
-    TX_TIME: pl.Datetime("us"),
-    CUSTOMER: pl.Int64,
-    TERMINAL: pl.Int64,
-    AMOUNT: pl.Float64,
-    LABEL: pl.Int8,
-    SCENARIO: pl.Int8,
-}
+SCHEMA = pl.Schema(
+    [
+        (TX_ID, pl.Int64()),
+        (TX_TIME, pl.Datetime("us")),
+        (CUSTOMER, pl.Int64()),
+        (TERMINAL, pl.Int64()),
+        (AMOUNT, pl.Float64()),
+        (LABEL, pl.Int8()),
+        (SCENARIO, pl.Int8()),
+    ]
+)
 
 
 @dataclass(frozen=True)
