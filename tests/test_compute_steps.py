@@ -1,5 +1,5 @@
 """Batch scoring, drift and `fraudops run` on a real Dask LocalCluster: the local engine's outputs, a
-worker killed mid-batch, the command end to end."""
+worker killed mid-batch, the command end to end (also with the workspace on the S3 API server)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from fraudops.context import StepContext
 from fraudops.data import simulate
 from fraudops.data.schema import LABEL, SCENARIO, to_file_columns
 from fraudops.monitoring.stats import drift_table
+from fraudops.tracking.client import client
 from fraudops.workspace import init_workspace
 from fraudops.workspace.layout import PREDICTIONS, PROD_INPUTS, RAW
 from fraudops.workspace.storage import Storage
@@ -199,3 +200,38 @@ def test_fraudops_run_with_the_dask_engine(dask_client: Client, tmp_path: Path) 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(storage.ls(PREDICTIONS)) == 2
     assert storage.exists("prod_outputs/monitoring/retrain_decision.csv") or "SUCCEEDED" in proc.stdout
+
+
+def test_fraudops_run_with_the_dask_engine_and_the_workspace_on_s3(stack_env: str) -> None:
+    """`fraudops run` starting its own LocalCluster, with the workspace on the S3 API server and MLflow on
+    the tracking server: the workers read and write the bucket, training runs on xgboost.dask."""
+    storage = Storage(stack_env)
+    xgb = json.dumps(SMALL_XGB)
+    storage.write_text(
+        "fraudops.yaml",
+        f"train: {{candidates: [xgboost], min_frauds: 5, xgboost: {xgb}}}\n"
+        "compute: {engine: dask, workers: 2, worker_memory_limit: 1GB, train_in_memory_rows: 1000}\n"
+        "registry: {gate_min_auc: 0.5, gate_ap_over_fraud_rate: 1.0}\n",
+    )
+    settings, _ = init_workspace(stack_env)
+    df = simulate.simulate(SimulateConfig(n_customers=200, n_terminals=400, n_days=N_DAYS, seed=5))
+    days = list(simulate.iter_days(df))
+    _write_days(storage, settings, RAW, days[:-HELD_OUT])
+    _write_days(storage, settings, PROD_INPUTS, [(d, f.drop(LABEL, SCENARIO)) for d, f in days[-2:]])
+    proc = subprocess.run(
+        [sys.executable, "-m", "fraudops.cli", "run", "--workspace", stack_env],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "250"},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    outputs = storage.ls(PREDICTIONS)
+    assert len(outputs) == 2 and not [rel for rel in outputs if posixpath.basename(rel).startswith(".")]
+    assert sum(storage.read_frame(rel).height for rel in outputs) == sum(f.height for _, f in days[-2:])
+    runs = client(settings).search_runs(
+        [client(settings).get_experiment_by_name(settings.registry.experiment).experiment_id],
+        "params.candidate = 'xgboost'",
+    )
+    assert [r.data.params["trained_on"] for r in runs] == ["dask"]

@@ -775,7 +775,7 @@ def test_real_training_steps_nest_under_the_execution(ws: str, monkeypatch: pyte
 
     settings = load_settings(ws)
     storage = Storage(ws)
-    df = simulate.simulate(SimulateConfig(n_customers=600, n_terminals=1200, n_days=75, seed=3))
+    df = simulate.simulate(SimulateConfig(n_customers=600, n_terminals=1200, n_days=75, seed=9))
     for day, frame in simulate.iter_days(df):
         storage.write_frame(f"data/raw/{simulate.day_file_name(day)}", to_file_columns(frame, settings.data))
     settings.train.candidates = ["logistic_regression"]

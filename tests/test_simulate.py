@@ -9,6 +9,7 @@ transactions a day for the same frauds a day).
 from __future__ import annotations
 
 import datetime as dt
+import tracemalloc
 
 import numpy as np
 import polars as pl
@@ -17,11 +18,13 @@ import pytest
 from fraudops.config import SimulateConfig
 from fraudops.data.schema import AMOUNT, CUSTOMER, LABEL, SCENARIO, TERMINAL, TX_ID, TX_TIME
 from fraudops.data.simulate import (
+    Summary,
     day_file_name,
     iter_days,
     make_profiles,
     profile_tables,
     simulate,
+    simulate_days,
     summary,
 )
 
@@ -283,3 +286,43 @@ def test_published_statistics() -> None:
     assert s["frauds_per_day_after_ramp_up"] == pytest.approx(85, rel=0.15)
     assert 70 <= s["compromised_cards_per_day_after_ramp_up"] <= 90
     assert 70 <= s["frauds_per_day"] <= 90
+
+
+def test_days_streamed_are_the_frame_and_its_summary(drifted: pl.DataFrame) -> None:
+    days = list(simulate_days(DRIFTED))
+    assert [d for d, _ in days] == [d for d, _ in iter_days(drifted)]
+    assert pl.concat([frame for _, frame in days]).equals(drifted)
+    stats = Summary()
+    for _, frame in days:
+        stats.add(frame)
+    assert stats.result() == summary(drifted)
+
+
+def test_a_longer_simulation_extends_a_shorter_one(small: pl.DataFrame) -> None:
+    """Days are generated one by one with their own random streams: the days before the last 14 (whose
+    scenario-3 windows the end of the period cuts) do not depend on how many days follow."""
+    longer = simulate(SMALL.model_copy(update={"n_days": SMALL.n_days + 25}))
+    settled = SMALL.start_date + dt.timedelta(days=SMALL.n_days - 14)
+    before = pl.col(TX_TIME).dt.date() < settled
+    assert small.filter(before).height > 0
+    assert longer.filter(before).equals(small.filter(before))  # same rows, ids, labels and amounts
+    assert (
+        longer.filter(~before).head(small.filter(~before).height)[TX_ID].equals(small.filter(~before)[TX_ID])
+    )
+
+
+def test_memory_is_bounded_by_the_window_not_the_days() -> None:
+    """The generator's peak allocation (numpy arrays, traced) is the same for 45 and 135 days."""
+    cfg = SimulateConfig(n_customers=2000, n_terminals=4000, n_days=45, seed=2)
+
+    def peak(n_days: int) -> int:
+        tracemalloc.start()
+        try:
+            rows = sum(frame.height for _, frame in simulate_days(cfg.model_copy(update={"n_days": n_days})))
+            assert rows > 2000 * n_days
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    short, long = peak(45), peak(135)
+    assert long < 1.2 * short, (short, long)

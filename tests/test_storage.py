@@ -7,6 +7,7 @@ and on S3 (a real S3 API server, moto's, on loopback, through s3fs).
 from __future__ import annotations
 
 import datetime as dt
+import pickle
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -362,3 +363,17 @@ def test_staged_is_a_local_copy_removed_after(storage: Storage) -> None:
     assert Path(local).exists() == storage.is_local
     with pytest.raises(StorageError, match="no such file"), storage.staged("prod_inputs/none.parquet"):
         pass
+
+
+def test_a_storage_sent_to_another_process_reopens_its_workspace(storage: Storage) -> None:
+    """Dask pickles the storage into worker tasks: it travels as its URL and endpoint, never with a live
+    S3 client (which cannot be pickled), and the copy reads and writes the same workspace."""
+    if storage.is_s3:
+        storage.put_if_absent("lock.json", b"held")  # creates the storage's boto client
+    else:
+        storage.write_bytes("lock.json", b"held")
+    clone = pickle.loads(pickle.dumps(storage))
+    assert repr(clone) == repr(storage) and clone.endpoint_url == storage.endpoint_url
+    assert clone.read_bytes("lock.json") == b"held"
+    clone.write_text("from-worker.txt", "x")
+    assert storage.read_text("from-worker.txt") == "x"

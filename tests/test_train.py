@@ -302,7 +302,9 @@ def test_threshold_is_chosen_on_validation_and_stored(trained: train.Trained):
     )
 
 
-def test_scores_are_calibrated_on_validation_without_changing_the_ranking(trained: train.Trained):
+def test_scores_are_calibrated_on_validation_without_changing_the_ranking(
+    tx: pl.DataFrame, trained: train.Trained
+):
     cal = trained.calibration
     assert cal["method"] == trained.model.calibration["method"] in ("isotonic", "platt")
     raw = trained.model.raw_proba(trained.test_frame)
@@ -310,7 +312,12 @@ def test_scores_are_calibrated_on_validation_without_changing_the_ranking(traine
     for metric in (evaluate.average_precision, evaluate.roc_auc):
         assert metric(trained.y_test, trained.p_test) == metric(trained.y_test, raw)
     assert cal["test_ece"] == pytest.approx(calibration.ece(trained.y_test, trained.p_test))
-    assert cal["test_ece"] < cal["test_ece_uncalibrated"]
+    # XGBoost's raw probabilities are close to calibrated already (here calibrating them moves test ECE
+    # by about 0.002 either way); the class-balanced logistic regression's are far too high, and
+    # calibration on validation must bring them down
+    assert cal["test_ece"] < 0.05
+    logistic = train.train_models(tx, make_settings(candidates=["logistic_regression"])).calibration
+    assert logistic["test_ece"] < logistic["test_ece_uncalibrated"] / 3
     assert sum(c["n"] for c in cal["reliability"]) == len(trained.y_test)
 
 

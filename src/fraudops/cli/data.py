@@ -59,27 +59,38 @@ def data_simulate(
         "drift_start": drift_start.date() if drift_start else None,
     }
     cfg = updated(settings.simulate, {k: v for k, v in overrides.items() if v is not None}, "simulate")
-    with spinner(f"simulating {cfg.n_customers:,} customers × {cfg.n_days} days"):
-        df = simulate.simulate(cfg)
-    stats = simulate.summary(df)
-    days_out = [
-        (day, frame)
-        for day, frame in simulate.iter_days(df)
-        if (first_day is None or day >= first_day.date()) and (last_day is None or day <= last_day.date())
-    ]
-    if not days_out:
-        raise FraudopsError("no simulated day falls between --first-day and --last-day")
+    first = max(cfg.start_date, first_day.date()) if first_day else cfg.start_date
+    period_end = cfg.start_date + dt.timedelta(days=cfg.n_days - 1)
+    last = min(period_end, last_day.date()) if last_day else period_end
+    empty_range = FraudopsError("no simulated day falls between --first-day and --last-day")
+    if first > last:
+        raise empty_range
+    # day by day: memory holds the days a fraud scenario spans, not the whole simulation
+    stats = simulate.Summary()
+    files = 0
     with progress() as bar:
-        task = bar.add_task(f"writing {storage.uri(out)}", total=len(days_out))
-        for day, frame in days_out:
-            if unlabelled:
-                frame = frame.drop(LABEL, SCENARIO)
-            storage.write_frame(f"{out}/{simulate.day_file_name(day)}", to_file_columns(frame, settings.data))
+        task = bar.add_task(
+            f"simulating {cfg.n_customers:,} customers, writing {storage.uri(out)}",
+            total=(last - first).days + 1,
+        )
+        for day, frame in simulate.simulate_days(cfg):
+            if day > last:
+                break
+            if day < first:
+                continue
+            stats.add(frame)
+            written = frame.drop(LABEL, SCENARIO) if unlabelled else frame
+            storage.write_frame(
+                f"{out}/{simulate.day_file_name(day)}", to_file_columns(written, settings.data)
+            )
+            files += 1
             bar.advance(task)
-    written = sum(f.height for _, f in days_out)
-    console.print(table("simulated", stats))
+    if not files:
+        raise empty_range  # every day of the range without transactions: nothing was written
+    summary = stats.result()  # of the days written
+    console.print(table("simulated", summary))
     console.print(
-        f"wrote {len(days_out)} daily files ({written:,} transactions"
+        f"wrote {files} daily files ({summary['n_transactions']:,} transactions"
         f"{', unlabelled' if unlabelled else ''}) to {storage.uri(out)}"
     )
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import itertools
+import math
+import operator
 import uuid
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,6 +26,9 @@ from fraudops.config import ComputeConfig
 from fraudops.errors import ConfigError
 
 if TYPE_CHECKING:
+    import numpy as np
+    import xgboost
+    from dask.array import Array
     from distributed import Client, Future, LocalCluster
 
 T = TypeVar("T")
@@ -136,6 +141,51 @@ class Engine:
             )
         results = self.client.gather(list(combined.values()))
         return dict(zip(combined, results, strict=True))
+
+    def _arrays(self, x: np.ndarray, y: np.ndarray) -> tuple[Array, Array]:
+        """``x`` and ``y`` as Dask arrays of row blocks (at most ``partition_rows``, at least one per worker),
+        each block's rows and labels sent together to one worker."""
+        import dask
+        import dask.array as da
+
+        rows = max(1, min(self.partition_rows, math.ceil(len(y) / max(self.workers, 1))))
+        blocks = [(x[i : i + rows], y[i : i + rows]) for i in range(0, len(y), rows)]
+        sent = self.client.scatter(blocks, hash=False)
+
+        def column(j: int) -> Array:
+            return da.concatenate(
+                [
+                    da.from_delayed(dask.delayed(operator.getitem)(f, j), shape=b[j].shape, dtype=b[j].dtype)
+                    for f, b in zip(sent, blocks, strict=True)
+                ]
+            )
+
+        return column(0), column(1)
+
+    def fit_xgboost(
+        self,
+        params: dict[str, Any],
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        eval_set: tuple[np.ndarray, np.ndarray] | None,
+        early_stopping_rounds: int | None,
+    ) -> tuple[xgboost.Booster, int | None]:
+        """An ``XGBClassifier(**params)`` fitted with ``xgboost.dask`` over row blocks on the workers
+        (each worker builds its DMatrix from its blocks; histograms are summed across workers), early
+        stopping on ``eval_set`` if given. Each worker trains with its own threads (``n_jobs`` is
+        dropped). Returns the ordinary booster and the best iteration (None without early stopping)."""
+        from xgboost import dask as dxgb
+
+        clf = dxgb.DaskXGBClassifier(
+            **{**params, "n_jobs": None}, early_stopping_rounds=early_stopping_rounds
+        )
+        clf.client = self.client
+        x_d, y_d = self._arrays(x, y)
+        evals = None if eval_set is None else [self._arrays(*eval_set)]
+        clf.fit(x_d, y_d, eval_set=evals, verbose=False)
+        best = clf.best_iteration if eval_set is not None and early_stopping_rounds else None
+        return clf.get_booster(), best
 
 
 def current() -> Engine | None:

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from fraudops import features
+from fraudops import compute, features
+from fraudops.compute import Engine
 from fraudops.config import Settings, TrainConfig
 from fraudops.context import StepContext, StepResult
 from fraudops.data.loading import fingerprint, load_labelled
@@ -29,6 +30,10 @@ from fraudops.modeling.pyfunc import log_model
 from fraudops.modeling.splits import Split, split
 from fraudops.modeling.tuned import BestParams
 from fraudops.tracking.client import client, flat_metrics, step_run
+
+TRAINED_ON = "trained_on"
+"""Where the model was fitted: ``local`` (this process) or ``dask`` (``xgboost.dask`` on the cluster);
+in the model's info, the candidates' summary and the train run's params."""
 
 
 @dataclasses.dataclass
@@ -81,6 +86,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, names: list[str], cfg: TrainConfi
     return LogisticModel(
         names,
         0.5,
+        info={TRAINED_ON: "local"},
         mean=mean,
         scale=scale,
         coef=lr.coef_[0].astype(np.float64),
@@ -114,12 +120,18 @@ def fit_xgboost(
     *,
     eval_set: tuple | None = None,
     n_estimators: int | None = None,
+    engine: Engine | None = None,
 ) -> XGBoostModel:
-    """Gradient-boosted trees; early stopping on validation PR AUC when an eval set is given."""
+    """Gradient-boosted trees; early stopping on validation PR AUC when an eval set is given.
+
+    With an ``engine`` the same classifier is fitted by ``xgboost.dask`` on its workers
+    (:meth:`fraudops.compute.Engine.fit_xgboost`); everything else is this function's.
+    """
     import xgboost
 
     params = dict(cfg.xgboost)
     stopping = params.pop("early_stopping_rounds", None)
+    stopping = stopping if eval_set is not None else None
     if n_estimators is not None:
         params["n_estimators"] = n_estimators
     params["scale_pos_weight"] = _positive_weight(params.pop("scale_pos_weight", 1.0), y)
@@ -130,23 +142,35 @@ def fit_xgboost(
         "random_state": cfg.seed,
         **params,
     }
-    clf = xgboost.XGBClassifier(**params, early_stopping_rounds=stopping if eval_set is not None else None)
-    clf.fit(x, y, eval_set=[eval_set] if eval_set is not None else None, verbose=False)
-    booster = clf.get_booster()
-    best_iteration = getattr(clf, "best_iteration", None) if eval_set is not None and stopping else None
+    if engine is None:
+        clf = xgboost.XGBClassifier(**params, early_stopping_rounds=stopping)
+        clf.fit(x, y, eval_set=[eval_set] if eval_set is not None else None, verbose=False)
+        booster = clf.get_booster()
+        best_iteration = getattr(clf, "best_iteration", None) if stopping else None
+    else:
+        booster, best_iteration = engine.fit_xgboost(
+            params, x, y, eval_set=eval_set, early_stopping_rounds=stopping
+        )
     best = booster.num_boosted_rounds() if best_iteration is None else int(best_iteration) + 1
     if best < booster.num_boosted_rounds():
         booster = booster[:best]
     booster.feature_names = None
-    return XGBoostModel(names, 0.5, info={"n_estimators": best}, booster=booster)
+    info = {"n_estimators": best, TRAINED_ON: "local" if engine is None else "dask"}
+    return XGBoostModel(names, 0.5, info=info, booster=booster)
 
 
 def _fit(
-    name: str, x: np.ndarray, y: np.ndarray, names: list[str], cfg: TrainConfig, **kw: Any
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    names: list[str],
+    cfg: TrainConfig,
+    engine: Engine | None,
+    **kw: Any,
 ) -> FraudModel:
     if name == "logistic_regression":
         return fit_logistic(x, y, names, cfg)
-    return fit_xgboost(x, y, names, cfg, **kw)
+    return fit_xgboost(x, y, names, cfg, engine=engine, **kw)
 
 
 @dataclasses.dataclass
@@ -187,13 +211,24 @@ class Arrays:
         )
 
 
-def fit_candidate(name: str, a: Arrays, names: list[str], cfg: TrainConfig) -> tuple[FraudModel, np.ndarray]:
+def training_engine(settings: Settings, a: Arrays) -> Engine | None:
+    """The cluster XGBoost trains on: the command's Dask engine when the training window has more rows
+    than ``compute.train_in_memory_rows``; None (this process) otherwise or with the local engine."""
+    engine = compute.current()
+    return engine if engine is not None and len(a.y_train) > settings.compute.train_in_memory_rows else None
+
+
+def fit_candidate(
+    name: str, a: Arrays, names: list[str], cfg: TrainConfig, engine: Engine | None = None
+) -> tuple[FraudModel, np.ndarray]:
     """One candidate as training makes it: fitted on *fit* (XGBoost early-stopped on validation), then
     refitted on the whole training window. Returns the refitted model and the first one's validation
-    scores (what the candidate choice and the threshold are based on)."""
-    first = _fit(name, a.x_fit, a.y_fit, names, cfg, eval_set=(a.x_val, a.y_val))
+    scores (what the candidate choice and the threshold are based on). XGBoost fits on ``engine``'s
+    workers when one is given (:func:`training_engine`); logistic regression always fits here (its
+    inputs are the window's matrix, which this process holds anyway, and it is the cheap baseline)."""
+    first = _fit(name, a.x_fit, a.y_fit, names, cfg, engine, eval_set=(a.x_val, a.y_val))
     p_val = first.predict_proba(a.x_val)
-    refit = _fit(name, a.x_train, a.y_train, names, cfg, n_estimators=first.info.get("n_estimators"))
+    refit = _fit(name, a.x_train, a.y_train, names, cfg, engine, n_estimators=first.info.get("n_estimators"))
     return refit, p_val
 
 
@@ -218,9 +253,10 @@ def train_models(df: pl.DataFrame, settings: Settings) -> Trained:
 
     candidates: dict[str, dict[str, Any]] = {}
     fitted: dict[str, tuple[FraudModel, np.ndarray]] = {}
+    engine = training_engine(settings, a)
     for name in cfg.candidates:
         t0 = time.perf_counter()
-        refit, p_val = fit_candidate(name, a, names, cfg)
+        refit, p_val = fit_candidate(name, a, names, cfg, engine)
         fitted[name] = (refit, p_val)
         p_test = refit.predict_proba(x_test)
         candidates[name] = {
@@ -229,6 +265,7 @@ def train_models(df: pl.DataFrame, settings: Settings) -> Trained:
                 y_test, p_test, 0.5, costs=cfg.threshold, frame=test_frame, k=cfg.top_k
             ),
             "seconds": time.perf_counter() - t0,
+            TRAINED_ON: refit.info[TRAINED_ON],
             **({"n_estimators": refit.info["n_estimators"]} if "n_estimators" in refit.info else {}),
         }
     best = max(candidates, key=lambda n: np.nan_to_num(candidates[n]["valid_average_precision"], nan=-1))
@@ -320,6 +357,7 @@ def log_training(
                 "data_kind": settings.data.kind,
                 "candidate": result.model.kind,
                 "candidates": ",".join(cfg.candidates),
+                TRAINED_ON: result.model.info[TRAINED_ON],
                 "threshold_strategy": cfg.threshold.strategy,
                 "threshold": result.model.threshold,
                 "cost_missed_fraud": cfg.threshold.cost_missed_fraud,

@@ -33,13 +33,22 @@ from typing import Any, Literal
 
 import polars as pl
 
+from fraudops.compute import Engine
 from fraudops.config import Objective, Settings, TrainConfig
 from fraudops.context import StepContext, StepResult
 from fraudops.data.loading import load_labelled
 from fraudops.errors import FraudopsError
 from fraudops.modeling import evaluate, tuned
 from fraudops.modeling.splits import Split, prequential_splits
-from fraudops.modeling.train import Arrays, TrainResult, check_labels, fit_candidate, input_names, train_step
+from fraudops.modeling.train import (
+    Arrays,
+    TrainResult,
+    check_labels,
+    fit_candidate,
+    input_names,
+    train_step,
+    training_engine,
+)
 from fraudops.tracking.client import call, client, experiment_id, flat_metrics, run_tags, step_run
 from fraudops.workspace.layout import TUNE_JOURNAL
 from fraudops.workspace.storage import Storage
@@ -67,6 +76,8 @@ LOG_SCALE = {"learning_rate", "min_child_weight", "reg_lambda"}
 class Fold:
     arrays: Arrays
     windows: dict[str, str]
+    engine: Engine | None = None
+    """Where XGBoost trains on this fold (:func:`~fraudops.modeling.train.training_engine`)."""
 
 
 def suggest(trial: Any, candidates: list[str], base: TrainConfig) -> dict[str, Any]:
@@ -89,7 +100,7 @@ def suggest(trial: Any, candidates: list[str], base: TrainConfig) -> dict[str, A
 def fold_score(fold: Fold, kind: str, names: list[str], cfg: TrainConfig, objective: Objective) -> float:
     """The objective on one fold's assessment window, for a candidate trained as ``train`` would."""
     a = fold.arrays
-    model, p_val = fit_candidate(kind, a, names, cfg)
+    model, p_val = fit_candidate(kind, a, names, cfg, fold.engine)
     p = model.predict_proba(a.x_test)
     if objective == "average_precision":
         return evaluate.average_precision(a.y_test, p)
@@ -214,7 +225,8 @@ def tune(
     for s in splits:
         check_labels(s, settings.train)
     names = input_names(df, settings)
-    folds = [Fold(Arrays.of(s, names), s.windows) for s in splits]
+    arrays = [Arrays.of(s, names) for s in splits]
+    folds = [Fold(a, s.windows, training_engine(settings, a)) for s, a in zip(splits, arrays, strict=True)]
     name = study_name(settings, splits)
     direction: Literal["minimize", "maximize"] = "minimize" if cfg.objective in MINIMISE else "maximize"
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

@@ -74,6 +74,11 @@ class Storage:
     def __repr__(self) -> str:
         return f"Storage({self.url!r})"
 
+    def __reduce__(self) -> tuple[type[Storage], tuple[str, str | None]]:
+        """Pickled (sent to a Dask worker) as its URL and endpoint: the receiving process opens its own
+        filesystem and S3 client (a live boto client cannot be pickled) with its own credentials."""
+        return (Storage, (self.url, self.endpoint_url))
+
     def path(self, rel: str = "") -> str:
         """Filesystem path (no protocol) of a workspace-relative path."""
         rel = rel.strip("/")
