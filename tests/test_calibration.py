@@ -22,12 +22,25 @@ def test_fit_chooses_a_method_on_validation_and_reduces_the_calibration_error():
     raw, y = miscalibrated(20_000, 0)
     cal = calibration.fit(raw, y)
     assert cal["method"] in ("isotonic", "platt")
-    assert set(cal["validation_brier"]) == {"isotonic", "platt"}
+    assert set(cal["validation_brier"]) == {"isotonic", "platt", "none"}
     assert cal["validation_brier"][cal["method"]] == min(cal["validation_brier"].values())
     raw_test, y_test = miscalibrated(20_000, 1)
     before = calibration.ece(y_test, raw_test)
     after = calibration.ece(y_test, calibration.apply(raw_test, cal))
     assert after < before / 3, (before, after)
+
+
+def test_scores_already_calibrated_are_kept_as_they_are():
+    """A map fitted on validation would only add its own error to calibrated scores: none is chosen."""
+    rng = np.random.default_rng(4)
+    raw = rng.beta(0.5, 8.0, 20_000)
+    y = (rng.random(raw.size) < raw).astype(np.int8)
+    cal = calibration.fit(raw, y)
+    assert cal["method"] == "none", cal["validation_brier"]
+    assert cal["validation_brier"]["none"] < min(
+        cal["validation_brier"]["isotonic"], cal["validation_brier"]["platt"]
+    )
+    np.testing.assert_array_equal(calibration.apply(raw, cal), raw)
 
 
 @pytest.mark.parametrize("method", ["isotonic", "platt"])

@@ -1,7 +1,9 @@
 """Calibrated probabilities: a monotone map from the model's raw scores to fraud probabilities.
 
 The map is fitted on validation scores (the model that produced them never trained on those rows), by
-isotonic regression or Platt scaling, whichever has the lower Brier score out of fold on validation. It
+isotonic regression or Platt scaling, whichever has the lower Brier score out of fold on validation, or
+none at all when the raw scores' own Brier score there is lower still (XGBoost's probabilities often are
+calibrated already, and a map fitted on a few validation days would then only add its own error). It
 must not change the ranking: Platt is strictly increasing, and the isotonic step function is blended with
 the raw score (``(1 - BLEND) x isotonic + BLEND x raw``) so that distinct raw scores stay distinct and in
 order; ranking metrics (AP, ROC AUC, CP@k) are therefore exactly those of the raw scores. :func:`apply` is
@@ -35,6 +37,8 @@ def apply(raw: np.ndarray, calibration: dict[str, Any] | None) -> np.ndarray:
     if not calibration:
         return p
     method = calibration["method"]
+    if method == "none":
+        return p
     if method == "isotonic":
         iso = np.interp(p, calibration["x"], calibration["y"])
         return (1.0 - BLEND) * iso + BLEND * p
@@ -69,7 +73,8 @@ FITTERS = {"isotonic": fit_isotonic, "platt": fit_platt}
 
 def fit(p: Any, y: Any, *, folds: int = 5, seed: int = 0) -> dict[str, Any]:
     """The calibration map chosen on validation scores ``p`` and labels ``y``: each method's Brier score
-    out of fold (stratified folds), the better one refitted on all rows. The result records both scores."""
+    out of fold (stratified folds) and the raw scores' own (``none``); the best one, refitted on all rows.
+    The result records every score."""
     from sklearn.model_selection import StratifiedKFold
 
     pa = np.asarray(p, dtype=np.float64).ravel()
@@ -82,8 +87,10 @@ def fit(p: Any, y: Any, *, folds: int = 5, seed: int = 0) -> dict[str, Any]:
         for train, test in StratifiedKFold(k, shuffle=True, random_state=seed).split(pa, ya):
             out[test] = apply(pa[test], fitter(pa[train], ya[train]))
         brier[name] = float(np.mean((out - ya) ** 2))
+    brier["none"] = float(np.mean((pa - ya) ** 2))  # out of sample already: no model trained on p's rows
     best = min(brier, key=lambda m: brier[m])
-    return {**FITTERS[best](pa, ya), "validation_brier": brier}
+    chosen = {"method": "none"} if best == "none" else FITTERS[best](pa, ya)
+    return {**chosen, "validation_brier": brier}
 
 
 def reliability(y: Any, p: Any, bins: int = ECE_BINS) -> list[dict[str, float]]:
