@@ -34,7 +34,7 @@ test: setup system-deps
 	$(RUN) ruff check src tests benchmarks
 	$(RUN) ruff format --check src tests benchmarks
 	$(RUN) mypy
-	$(RUN) pytest -n 2 --dist loadgroup --no-loadscope-reorder
+	$(RUN) pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: setup system-deps
 	$(RUN) pytest -m "not slow"

@@ -25,22 +25,12 @@ if TYPE_CHECKING:
 os.environ["COLUMNS"] = "250"
 
 
-SHARED_SERVERS = {"dask_client", "mlflow_server"}
-"""Session fixtures costly enough that the files using them share one pytest-xdist process."""
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`make test` hands groups of tests to two processes (pytest-xdist, `--dist loadgroup`): a group is a
-    file (its module fixtures are made once), and all files using the Dask cluster or the MLflow server form
-    one group (those start once). Groups with the most slow tests go first, so that the two processes end
-    together instead of one running the slowest files alone at the end."""
-    shared = {item.path for item in items if SHARED_SERVERS & set(getattr(item, "fixturenames", ()))}
-    groups = {item: "shared-servers" if item.path in shared else item.path.stem for item in items}
-    slow = Counter(groups[item] for item in items if item.get_closest_marker("slow"))
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(groups[item]))
-    items.sort(key=lambda item: -slow[groups[item]])
+    """The files with the most slow tests first (collection order otherwise): `make test` hands files to
+    two processes (pytest-xdist) in this order, so they end together instead of one running the slowest
+    files alone at the end."""
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])
 
 
 @pytest.fixture(scope="session")
