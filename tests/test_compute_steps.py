@@ -173,6 +173,13 @@ def test_drift_on_the_cluster_equals_the_local_statistics(dask_client: Client) -
     assert 0 < local["drift_detected"].sum() < len(names)
 
 
+def _fraudops_run(workspace: str) -> subprocess.CompletedProcess[str]:
+    """`fraudops run` on a workspace, in its own process as a user runs it."""
+    cmd = [sys.executable, "-m", "fraudops.cli", "run", "--workspace", workspace]
+    env = {**os.environ, "COLUMNS": "250"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=False)
+
+
 def test_fraudops_run_with_the_dask_engine(dask_client: Client, tmp_path: Path) -> None:
     """`fraudops run` end to end, its compute engine the cluster's scheduler (compute.scheduler)."""
     ws = tmp_path / "ws"
@@ -189,14 +196,7 @@ def test_fraudops_run_with_the_dask_engine(dask_client: Client, tmp_path: Path) 
     days = list(simulate.iter_days(df))
     _write_days(storage, settings, RAW, days[:-HELD_OUT])
     _write_days(storage, settings, PROD_INPUTS, [(d, f.drop(LABEL, SCENARIO)) for d, f in days[-2:]])
-    proc = subprocess.run(
-        [sys.executable, "-m", "fraudops.cli", "run", "--workspace", str(ws)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "COLUMNS": "250"},
-        check=False,
-    )
+    proc = _fraudops_run(str(ws))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(storage.ls(PREDICTIONS)) == 2
     assert storage.exists("prod_outputs/monitoring/retrain_decision.csv") or "SUCCEEDED" in proc.stdout
@@ -218,14 +218,7 @@ def test_fraudops_run_with_the_dask_engine_and_the_workspace_on_s3(stack_env: st
     days = list(simulate.iter_days(df))
     _write_days(storage, settings, RAW, days[:-HELD_OUT])
     _write_days(storage, settings, PROD_INPUTS, [(d, f.drop(LABEL, SCENARIO)) for d, f in days[-2:]])
-    proc = subprocess.run(
-        [sys.executable, "-m", "fraudops.cli", "run", "--workspace", stack_env],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "COLUMNS": "250"},
-        check=False,
-    )
+    proc = _fraudops_run(stack_env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     outputs = storage.ls(PREDICTIONS)
     assert len(outputs) == 2 and not [rel for rel in outputs if posixpath.basename(rel).startswith(".")]
