@@ -13,20 +13,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from fraudops import compute
 from fraudops.cli import build
 from fraudops.config import Settings, SimulateConfig, TrainConfig
+from fraudops.context import StepContext
 from fraudops.data.schema import TX_TIME
 from fraudops.data.simulate import simulate
 from fraudops.errors import FraudopsError
 from fraudops.modeling import splits, tuned
+from fraudops.modeling.tune import tune as run_study
 from fraudops.tracking.client import client, experiment_id
-from fraudops.workspace import init_workspace, load_settings
+from fraudops.workspace import init_workspace, load_settings, open_workspace
 from fraudops.workspace.layout import BEST_PARAMS, RAW, TUNE_JOURNAL
 from fraudops.workspace.storage import Storage
 
@@ -40,6 +44,9 @@ train:
 tune: {folds: 2}
 """
 app = build()
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 @pytest.fixture(autouse=True)
@@ -195,6 +202,29 @@ def test_a_damaged_best_params_file_is_a_clear_error(ws: Path) -> None:
     code, out = cli("train", "-w", str(ws))
     assert code == 1 and "train.logistic_c: Input should be greater than 0 (got -1)" in out
     assert "Traceback" not in out
+
+
+def test_on_the_dask_engine_a_trial_runs_per_worker(
+    ws: Path, template: Path, tmp_path: Path, dask_client: Client
+) -> None:
+    settings, storage = open_workspace(str(ws))
+    with compute.attach(dask_client):
+        result = run_study(StepContext(settings, storage), trials=4)
+    assert result.trials_done == 4 and result.trials_this_run == 4
+    trials = study_trials(ws)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    # two at once: trial 1 was sampled and started before trial 0 had finished
+    assert trials[1].datetime_start < trials[0].datetime_complete  # type: ignore[operator]
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    best = json.loads((ws / BEST_PARAMS).read_text())
+    assert best["trial"] == max(trials, key=lambda t: t.value or -1).number
+    c = client(settings)
+    (parent,) = c.search_runs([experiment_id(settings)], "tags.`fraudops.step` = 'tune'")
+    assert parent.data.params["parallel_trials"] == "2"
+    # a worker's fold scores are this process's: the configured parameters score the same here
+    here_ws = Path(shutil.copytree(template, tmp_path / "here"))
+    here = run_study(StepContext(*open_workspace(str(here_ws))), trials=1)
+    assert here.default_value == pytest.approx(result.default_value, abs=1e-9)
 
 
 @pytest.mark.slow

@@ -59,6 +59,7 @@ def tune(
 ) -> None:
     """Search the candidate and its parameters (Optuna) on prequential folds before the test window; the
     best parameters go to tuning/best_params.json, which train uses. Resumes the study when run again."""
+    from fraudops import compute
     from fraudops.context import StepContext
     from fraudops.modeling.tune import tune as run_study
     from fraudops.pipeline.history import new_execution_id
@@ -68,7 +69,8 @@ def tune(
     changes = {"objective": objective, "folds": folds, "trials": trials, "timeout": timeout}
     settings.tune = updated(settings.tune, {k: v for k, v in changes.items() if v is not None}, "tune")
     lock = WorkspaceLock(storage, f"tune-{new_execution_id()}", timeout=settings.pipeline.lock_timeout)
-    with lock, progress() as bar:  # one writer at a time: a run's train reads what tune writes
+    # one writer at a time (a run's train reads what tune writes); trials on the cluster with dask
+    with lock, compute.session(settings.compute), progress() as bar:
         task = bar.add_task("tuning", total=settings.tune.trials)
 
         def advance(what: str, done: int, total: int | None) -> None:

@@ -19,7 +19,7 @@ import itertools
 import math
 import operator
 import uuid
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fraudops.config import ComputeConfig
@@ -109,6 +109,19 @@ class Engine:
                 return [results[i] for i in range(len(items))]
             todo = lost
         raise RuntimeError(f"{name}: data sent to the workers was lost {LOST_DATA_ROUNDS + 1} times")
+
+    def submit(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> Future:
+        """One task ``fn(*args, **kwargs)``; futures among the arguments (:meth:`broadcast`) resolve on
+        the worker. For work whose next task depends on the last result (:meth:`first_done`)."""
+        name = getattr(fn, "__name__", "task")
+        return self.client.submit(fn, *args, key=self._key(name), pure=False, **kwargs)
+
+    def first_done(self, futures: Iterable[Future]) -> Future:
+        """A finished future of ``futures``, waiting until one is."""
+        from distributed import wait
+
+        done, _ = wait(list(futures), return_when="FIRST_COMPLETED")
+        return next(iter(done))
 
     def exchange(
         self,

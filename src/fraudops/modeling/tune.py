@@ -15,6 +15,11 @@ folds, windows, features, candidates): running ``fraudops tune`` again with the 
 study, counting the trials already done; other settings start another study in the same journal. After each
 trial the best parameters are written to ``tuning/best_params.json`` (:mod:`~fraudops.modeling.tuned`),
 which ``train`` uses. Every trial is a nested MLflow run under the study's run.
+
+With the Dask engine the folds go to every worker once and each worker runs a trial (its folds one task
+at a time, so pruning still stops it between folds); this process asks Optuna for trials and tells it
+their results, so it stays the journal's only writer and resuming works as above. TPE's constant liar
+keeps trials sampled while others run away from their points.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any, Literal
 
 import polars as pl
 
+from fraudops import compute
 from fraudops.compute import Engine
 from fraudops.config import Objective, Settings, TrainConfig
 from fraudops.context import StepContext, StepResult
@@ -198,6 +204,72 @@ def _log_trial(
     call(settings, "trial end", lambda: c.set_terminated(rid, status))
 
 
+@dataclasses.dataclass
+class _Running:
+    """A trial in flight: its candidate, its train settings and the fold scores so far."""
+
+    trial: Any
+    kind: str
+    cfg: TrainConfig
+    scores: list[float] = dataclasses.field(default_factory=list)
+
+
+def score_on_worker(
+    i: int, kind: str, cfg: TrainConfig, names: list[str], objective: Objective, folds: list[Fold]
+) -> float:
+    """:func:`fold_score` as a cluster task: XGBoost trains with the worker's threads, not the command's."""
+    from distributed import get_worker
+
+    cfg = cfg.model_copy(update={"n_jobs": get_worker().state.nthreads})
+    return fold_score(folds[i], kind, names, cfg, objective)
+
+
+class _Here:
+    """Fold scores computed in this process, one at a time (the local engine, or folds whose XGBoost
+    trains with ``xgboost.dask`` on the whole cluster)."""
+
+    slots = 1
+
+    def __init__(self, folds: list[Fold], names: list[str], objective: Objective) -> None:
+        self.folds, self.names, self.objective = folds, names, objective
+        self.queue: list[tuple[int, int, str, TrainConfig]] = []
+
+    def submit(self, number: int, i: int, kind: str, cfg: TrainConfig) -> None:
+        self.queue.append((number, i, kind, cfg))
+
+    def next(self) -> tuple[int, float]:
+        number, i, kind, cfg = self.queue.pop(0)
+        return number, fold_score(self.folds[i], kind, self.names, cfg, self.objective)
+
+    def cancel(self) -> None:
+        self.queue.clear()
+
+
+class _OnCluster:
+    """Fold scores as tasks on the Dask cluster, a trial per worker at once; the folds are sent to every
+    worker once. This process stays the study's only writer (ask and tell), so the journal, its lock
+    and resuming work as with one process."""
+
+    def __init__(self, eng: Engine, folds: list[Fold], names: list[str], objective: Objective) -> None:
+        self.eng, self.names, self.objective = eng, names, objective
+        self.slots = eng.workers
+        self.folds = eng.broadcast(folds)
+        self.futures: dict[Any, int] = {}
+
+    def submit(self, number: int, i: int, kind: str, cfg: TrainConfig) -> None:
+        task = self.eng.submit(score_on_worker, i, kind, cfg, self.names, self.objective, folds=self.folds)
+        self.futures[task] = number
+
+    def next(self) -> tuple[int, float]:
+        task = self.eng.first_done(self.futures)
+        return self.futures.pop(task), float(task.result())
+
+    def cancel(self) -> None:
+        for task in self.futures:
+            task.cancel()
+        self.futures.clear()
+
+
 def tune(
     ctx: StepContext,
     *,
@@ -205,7 +277,10 @@ def tune(
     timeout: float | None = None,
     df: pl.DataFrame | None = None,
 ) -> TuneResult:
-    """Run (or resume) the study until it has ``trials`` trials done or ``timeout`` seconds have passed."""
+    """Run (or resume) the study until it has ``trials`` trials done or ``timeout`` seconds have passed.
+
+    With the Dask engine, trials run in parallel, one per worker (unless a fold's window is large
+    enough for XGBoost to train on the whole cluster: then one trial at a time, as here)."""
     import mlflow
     import optuna
 
@@ -227,9 +302,16 @@ def tune(
     names = input_names(df, settings)
     arrays = [Arrays.of(s, names) for s in splits]
     folds = [Fold(a, s.windows, training_engine(settings, a)) for s, a in zip(splits, arrays, strict=True)]
+    eng = compute.current()
+    scorer: _Here | _OnCluster = (
+        _OnCluster(eng, folds, names, cfg.objective)
+        if eng is not None and all(f.engine is None for f in folds)
+        else _Here(folds, names, cfg.objective)
+    )
     name = study_name(settings, splits)
     direction: Literal["minimize", "maximize"] = "minimize" if cfg.objective in MINIMISE else "maximize"
-    done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    TrialState = optuna.trial.TrialState
+    done_states = (TrialState.COMPLETE, TrialState.PRUNED)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     with journal(storage) as (path, upload):
@@ -240,7 +322,10 @@ def tune(
             storage=JournalStorage(JournalFileBackend(path)),
             study_name=name,
             direction=direction,
-            sampler=optuna.samplers.TPESampler(seed=settings.train.seed, n_startup_trials=10),
+            # constant liar: a trial sampled while others run is steered away from their points
+            sampler=optuna.samplers.TPESampler(
+                seed=settings.train.seed, n_startup_trials=10, constant_liar=True
+            ),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
             load_if_exists=True,
         )
@@ -266,55 +351,66 @@ def tune(
                     "objective": cfg.objective,
                     "folds": cfg.folds,
                     "candidates": ",".join(cfg.candidates),
+                    "parallel_trials": scorer.slots,
                     **{
                         f"fold{i + 1}": f"{f.windows['train_start']}..{f.windows['test_end']}"
                         for i, f in enumerate(folds)
                     },
                 }
             )
+            done = before
+            running: dict[int, _Running] = {}
 
-            def objective(trial: Any) -> float:
+            def start() -> None:
+                trial = study.ask()
                 changes = suggest(trial, list(cfg.candidates), settings.train)
-                train_cfg = TrainConfig.model_validate({**settings.train.model_dump(), **changes})
                 trial.set_user_attr("train", changes)
-                scores: list[float] = []
-                try:
-                    for i, fold in enumerate(folds):
-                        scores.append(
-                            fold_score(fold, changes["candidates"][0], names, train_cfg, cfg.objective)
-                        )
-                        trial.report(statistics.fmean(scores), i)
-                        if trial.should_prune():
-                            raise optuna.TrialPruned()
-                except optuna.TrialPruned:
-                    _log_trial(settings, exp, parent, trial, "PRUNED", scores)
-                    raise
-                if any(math.isnan(s) for s in scores):
-                    raise FraudopsError(f"trial {trial.number}: a fold's {cfg.objective} is undefined")
-                _log_trial(settings, exp, parent, trial, "COMPLETE", scores)
-                return statistics.fmean(scores)
+                train_cfg = TrainConfig.model_validate({**settings.train.model_dump(), **changes})
+                running[trial.number] = _Running(trial, changes["candidates"][0], train_cfg)
+                scorer.submit(trial.number, 0, changes["candidates"][0], train_cfg)
 
-            def after_trial(study: Any, trial: Any) -> None:
-                complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if (
-                    complete
-                    and trial.state == optuna.trial.TrialState.COMPLETE
-                    and trial.number == study.best_trial.number
-                ):
+            def finish(r: _Running, state: Any) -> None:
+                nonlocal done
+                if state == TrialState.COMPLETE and any(math.isnan(s) for s in r.scores):
+                    raise FraudopsError(f"trial {r.trial.number}: a fold's {cfg.objective} is undefined")
+                _log_trial(settings, exp, parent, r.trial, state.name, r.scores)
+                value = statistics.fmean(r.scores) if state == TrialState.COMPLETE else None
+                frozen = study.tell(r.trial, value, state=state)
+                del running[r.trial.number]
+                done += 1
+                if state == TrialState.COMPLETE and frozen.number == study.best_trial.number:
                     _write_best(storage, study, name, cfg.objective)
                 upload()
                 if ctx.progress:
-                    ctx.progress("trials", len(study.get_trials(deepcopy=False, states=done_states)), trials)
+                    ctx.progress("trials", done, trials)
 
-            remaining = trials - before
-            if remaining > 0:
-                study.optimize(
-                    objective,
-                    n_trials=remaining,
-                    timeout=timeout,
-                    callbacks=[after_trial, optuna.study.MaxTrialsCallback(trials, states=done_states)],
-                    catch=(),
-                )
+            deadline = math.inf if timeout is None else time.perf_counter() + timeout
+            try:
+                while True:
+                    while (
+                        len(running) < scorer.slots
+                        and done + len(running) < trials
+                        and time.perf_counter() < deadline
+                    ):
+                        start()
+                    if not running:
+                        break
+                    number, score = scorer.next()
+                    r = running[number]
+                    r.scores.append(score)
+                    r.trial.report(statistics.fmean(r.scores), len(r.scores) - 1)
+                    if r.trial.should_prune():
+                        finish(r, TrialState.PRUNED)
+                    elif len(r.scores) < len(folds):
+                        scorer.submit(number, len(r.scores), r.kind, r.cfg)
+                    else:
+                        finish(r, TrialState.COMPLETE)
+            except BaseException:
+                scorer.cancel()
+                for r in running.values():
+                    study.tell(r.trial, state=TrialState.FAIL)
+                upload()
+                raise
             result = _result(study, name, cfg.objective, before, time.perf_counter() - started)
             mlflow.log_metrics(
                 flat_metrics(
