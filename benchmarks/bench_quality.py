@@ -10,16 +10,20 @@ test ROC AUC, average precision and card precision@100. The same run with ``Feat
 Prints a markdown table for the README (mean ± std over seeds) and the per-seed figures, writes
 benchmarks/results/quality.json and exits non-zero when the pipeline's chosen model misses the quality bar
 (issue 16): mean over the seeds AP >= 0.735 and CP@100 >= 0.32, and no single seed below AP 0.70 or
-CP@100 0.29. ``--previous-defaults`` adds the defaults before the search (paired, same seeds and run).
+CP@100 0.29. ``--previous-defaults`` adds the defaults before the search (paired, same seeds and run);
+``--try-xgboost JSON`` adds the defaults with those XGBoost parameters changed (paired), to test a
+candidate default (e.g. one ``fraudops tune`` found) on seeds other than the benchmark's.
 
     uv run python benchmarks/bench_quality.py            # seeds 0-4, with the ablation
     uv run python benchmarks/bench_quality.py --seeds 0 --no-ablation   # the published configuration only
+    uv run python benchmarks/bench_quality.py --seeds 5,6,7 --no-ablation --try-xgboost '{"max_depth": 4}'
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import statistics
 import sys
 import time
@@ -65,9 +69,13 @@ PREVIOUS_XGBOOST = {  # the defaults before the search of issue 16 (for --previo
 PREVIOUS_FEATURES = {"customer_windows": [1, 7, 30], "terminal_windows": [1, 7, 30], "extra": True}
 
 
-def settings_for(variant: str) -> Settings:
+def settings_for(variant: str, tried: dict[str, Any] | None = None) -> Settings:
     settings = Settings(workspace=".")
     settings.train = settings.train.model_copy(update=PROTOCOL)
+    if variant == "tried":
+        settings.train = settings.train.model_copy(
+            update={"xgboost": {**settings.train.xgboost, **(tried or {})}}
+        )
     if variant == "handbook_features":
         settings.features = FeaturesConfig(terminal_windows=[1, 7, 30], extra=False)
     elif variant == "previous_defaults":
@@ -76,9 +84,9 @@ def settings_for(variant: str) -> Settings:
     return settings
 
 
-def run_one(df: Any, variant: str) -> dict[str, Any]:
+def run_one(df: Any, variant: str, tried: dict[str, Any] | None = None) -> dict[str, Any]:
     """One train_models run: every candidate's test metrics and the chosen model's."""
-    settings = settings_for(variant)
+    settings = settings_for(variant, tried)
     started = time.perf_counter()
     result = train_models(df, settings)
     seconds = time.perf_counter() - started
@@ -155,6 +163,7 @@ def markdown(by_variant: dict[str, list[dict[str, Any]]], seeds: list[int]) -> s
         "default": f"fraudops ({len(by_variant['default'][0]['feature_names'])})",
         "handbook_features": "handbook's 15",
         "previous_defaults": "before issue 16 (20)",
+        "tried": "--try-xgboost",
     }
     for variant, runs in by_variant.items():
         for who in (*runs[0]["candidates"], "chosen"):
@@ -181,25 +190,35 @@ def markdown(by_variant: dict[str, list[dict[str, Any]]], seeds: list[int]) -> s
         f"| test window, known-compromised cards removed | {pm(test_rows, 0)} | {pm(test_frauds, 0)} | "
         f"{HANDBOOK_TEST['rows']:,} / {HANDBOOK_TEST['frauds']} |",
     ]
-    if "handbook_features" in by_variant:
-        full, base = by_variant["default"], by_variant["handbook_features"]
-        n = len(full[0]["feature_names"])
-        lines += ["", f"Added features ({n} inputs vs the handbook's 15, same seeds, paired):", ""]
-        for who in ("xgboost", "logistic_regression", "chosen"):
-            if who != "chosen" and who not in full[0]["candidates"]:
-                continue
-            deltas = {
-                m: [
-                    a - b
-                    for a, b in zip(metric_values(full, who, m), metric_values(base, who, m), strict=True)
-                ]
-                for m in METRICS
-            }
-            lines.append(
-                f"- {LABELS[who]}: ROC AUC {pm(deltas['roc_auc'])}, AP {pm(deltas['average_precision'])}, "
-                f"CP@100 {pm(deltas[CP])}"
-            )
+    n = len(by_variant["default"][0]["feature_names"])
+    compared = {
+        "handbook_features": f"Added features ({n} inputs vs the handbook's 15, same seeds, paired):",
+        "tried": "--try-xgboost minus the defaults (same seeds, paired):",
+    }
+    for variant, title in compared.items():
+        if variant in by_variant:
+            lines += ["", title, "", *paired(by_variant["default"], by_variant[variant])]
     return "\n".join(lines)
+
+
+def paired(full: list[dict[str, Any]], base: list[dict[str, Any]]) -> list[str]:
+    """Per model, the mean ± std over seeds of ``full`` minus ``base``."""
+    lines = []
+    for who in ("xgboost", "logistic_regression", "chosen"):
+        if who != "chosen" and who not in full[0]["candidates"]:
+            continue
+        deltas = {
+            m: [a - b for a, b in zip(metric_values(full, who, m), metric_values(base, who, m), strict=True)]
+            for m in METRICS
+        }
+        if base[0]["variant"] == "tried":
+            deltas = {m: [-d for d in v] for m, v in deltas.items()}
+        lines.append(
+            f"- {LABELS[who]}: ROC AUC {pm(deltas['roc_auc'])}, AP {pm(deltas['average_precision'])}, "
+            f"CP@100 {pm(deltas[CP])}"
+            + (f" (per seed AP {', '.join(f'{d:+.4f}' for d in deltas['average_precision'])})")
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ablation", action="store_true", help="skip the handbook-features run")
     parser.add_argument(
         "--previous-defaults", action="store_true", help="also run the defaults before issue 16's search"
+    )
+    parser.add_argument(
+        "--try-xgboost", type=json.loads, default=None, help="JSON: XGBoost parameters to compare, paired"
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     args = parser.parse_args(argv)
@@ -219,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         variants.append("handbook_features")
     if args.previous_defaults:
         variants.append("previous_defaults")
+    if args.try_xgboost is not None:
+        variants.append("tried")
 
     by_variant: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     per_seed: dict[int, dict[str, Any]] = {}
@@ -232,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": sim_seconds,
         }
         for variant in variants:
-            run = run_one(df, variant)
+            run = run_one(df, variant, args.try_xgboost)
             run["seed"] = seed
             by_variant[variant].append(run)
             c = run["chosen"]

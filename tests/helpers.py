@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -9,13 +10,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from fraudops.config import Settings
+from fraudops.config import Settings, SimulateConfig
 from fraudops.context import StepContext
+from fraudops.data import simulate
+from fraudops.data.schema import LABEL, SCENARIO, to_file_columns
 from fraudops.modeling.train import train_step
 from fraudops.promotion.champion import select_champion_step
 from fraudops.promotion.register import register_step
 from fraudops.workspace import init_workspace, load_settings
-from fraudops.workspace.layout import RAW
+from fraudops.workspace.layout import PROD_INPUTS, RAW
 from fraudops.workspace.storage import Storage
 
 SMALL_XGB = {"n_estimators": 30, "max_depth": 3, "early_stopping_rounds": 10}
@@ -81,3 +84,31 @@ def race(locks: list[Any]) -> list[bool]:
 
     with ThreadPoolExecutor(len(locks)) as pool:
         return list(pool.map(take, locks))
+
+
+def write_days(
+    storage: Storage, settings: Settings, folder: str, days: list[tuple[Any, pl.DataFrame]]
+) -> None:
+    """Simulated days as the simulator writes them: a file per day."""
+    for day, frame in days:
+        storage.write_frame(f"{folder}/{simulate.day_file_name(day)}", to_file_columns(frame, settings.data))
+
+
+def dask_run_workspace(workspace: str, compute: str, days: int = 50, scored: int = 2) -> int:
+    """A workspace (a folder or a bucket URL) for `fraudops run` with ``compute`` (its YAML mapping): a
+    small XGBoost, a simulation's days in data/raw/ but the last 4, the last ``scored`` of them unlabelled
+    in prod_inputs/. Returns how many rows are to be scored."""
+    storage = Storage(workspace)
+    xgb = json.dumps(SMALL_XGB)
+    storage.write_text(
+        "fraudops.yaml",
+        f"train: {{candidates: [xgboost], min_frauds: 5, xgboost: {xgb}}}\n"
+        f"compute: {compute}\n"
+        "registry: {gate_min_auc: 0.5, gate_ap_over_fraud_rate: 1.0}\n",  # a small model passes the gate
+    )
+    settings, _ = init_workspace(workspace)
+    df = simulate.simulate(SimulateConfig(n_customers=200, n_terminals=400, n_days=days, seed=5))
+    by_day = list(simulate.iter_days(df))
+    write_days(storage, settings, RAW, by_day[:-4])
+    write_days(storage, settings, PROD_INPUTS, [(d, f.drop(LABEL, SCENARIO)) for d, f in by_day[-scored:]])
+    return sum(f.height for _, f in by_day[-scored:])

@@ -3,7 +3,6 @@ worker killed mid-batch, the command end to end (also with the workspace on the 
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import signal
@@ -22,27 +21,19 @@ from distributed import Client, WorkerPlugin
 
 from fraudops import compute
 from fraudops.batch.step import batch_step
-from fraudops.config import MonitorConfig, Settings, SimulateConfig
+from fraudops.config import MonitorConfig, SimulateConfig
 from fraudops.context import StepContext
 from fraudops.data import simulate
-from fraudops.data.schema import LABEL, SCENARIO, to_file_columns
+from fraudops.data.schema import LABEL, SCENARIO
 from fraudops.monitoring.stats import drift_table
-from fraudops.tracking.client import client
 from fraudops.workspace import init_workspace
 from fraudops.workspace.layout import PREDICTIONS, PROD_INPUTS, RAW
 from fraudops.workspace.storage import Storage
-from helpers import SMALL_XGB, open_ws, train_register_promote
+from helpers import dask_run_workspace, open_ws, train_register_promote, write_days
 
 pytestmark = pytest.mark.slow
 
 N_DAYS, HELD_OUT = 50, 4
-
-
-def _write_days(
-    storage: Storage, settings: Settings, folder: str, days: list[tuple[Any, pl.DataFrame]]
-) -> None:
-    for day, frame in days:
-        storage.write_frame(f"{folder}/{simulate.day_file_name(day)}", to_file_columns(frame, settings.data))
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +45,10 @@ def tx_ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     storage = Storage(settings.workspace)
     df = simulate.simulate(SimulateConfig(n_customers=200, n_terminals=400, n_days=N_DAYS, seed=5))
     days = list(simulate.iter_days(df))
-    _write_days(storage, settings, RAW, days[:-HELD_OUT])
+    write_days(storage, settings, RAW, days[:-HELD_OUT])
     train_register_promote(settings, storage)
     held = [(d, f.drop(LABEL, SCENARIO)) for d, f in days[-HELD_OUT:]]
-    _write_days(storage, settings, PROD_INPUTS, held)
+    write_days(storage, settings, PROD_INPUTS, held)
     return {"ws": ws}
 
 
@@ -173,58 +164,15 @@ def test_drift_on_the_cluster_equals_the_local_statistics(dask_client: Client) -
     assert 0 < local["drift_detected"].sum() < len(names)
 
 
-def _fraudops_run(workspace: str) -> subprocess.CompletedProcess[str]:
-    """`fraudops run` on a workspace, in its own process as a user runs it."""
-    cmd = [sys.executable, "-m", "fraudops.cli", "run", "--workspace", workspace]
-    env = {**os.environ, "COLUMNS": "250"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=False)
-
-
 def test_fraudops_run_with_the_dask_engine(dask_client: Client, tmp_path: Path) -> None:
-    """`fraudops run` end to end, its compute engine the cluster's scheduler (compute.scheduler)."""
+    """`fraudops run` end to end in its own process, its compute engine the cluster's scheduler
+    (compute.scheduler). With the workspace on the S3 API server: tests/test_stack_pipeline.py."""
     ws = tmp_path / "ws"
     ws.mkdir()
-    xgb = json.dumps(SMALL_XGB)
-    (ws / "fraudops.yaml").write_text(
-        f"train: {{candidates: [xgboost], min_frauds: 5, xgboost: {xgb}}}\n"
-        f"compute: {{engine: dask, scheduler: {dask_client.scheduler.address}}}\n"
-        "registry: {gate_min_auc: 0.5, gate_ap_over_fraud_rate: 1.0}\n"  # a small model must pass the gate
-    )
-    settings, _ = init_workspace(str(ws))
-    storage = Storage(settings.workspace)
-    df = simulate.simulate(SimulateConfig(n_customers=200, n_terminals=400, n_days=N_DAYS, seed=5))
-    days = list(simulate.iter_days(df))
-    _write_days(storage, settings, RAW, days[:-HELD_OUT])
-    _write_days(storage, settings, PROD_INPUTS, [(d, f.drop(LABEL, SCENARIO)) for d, f in days[-2:]])
-    proc = _fraudops_run(str(ws))
+    dask_run_workspace(str(ws), f"{{engine: dask, scheduler: {dask_client.scheduler.address}}}")
+    cmd = [sys.executable, "-m", "fraudops.cli", "run", "--workspace", str(ws)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    storage = Storage(str(ws))
     assert len(storage.ls(PREDICTIONS)) == 2
     assert storage.exists("prod_outputs/monitoring/retrain_decision.csv") or "SUCCEEDED" in proc.stdout
-
-
-def test_fraudops_run_with_the_dask_engine_and_the_workspace_on_s3(stack_env: str) -> None:
-    """`fraudops run` starting its own LocalCluster, with the workspace on the S3 API server and MLflow on
-    the tracking server: the workers read and write the bucket, training runs on xgboost.dask."""
-    storage = Storage(stack_env)
-    xgb = json.dumps(SMALL_XGB)
-    storage.write_text(
-        "fraudops.yaml",
-        f"train: {{candidates: [xgboost], min_frauds: 5, xgboost: {xgb}}}\n"
-        "compute: {engine: dask, workers: 2, worker_memory_limit: 1GB, train_in_memory_rows: 1000}\n"
-        "registry: {gate_min_auc: 0.5, gate_ap_over_fraud_rate: 1.0}\n",
-    )
-    settings, _ = init_workspace(stack_env)
-    df = simulate.simulate(SimulateConfig(n_customers=200, n_terminals=400, n_days=N_DAYS, seed=5))
-    days = list(simulate.iter_days(df))
-    _write_days(storage, settings, RAW, days[:-HELD_OUT])
-    _write_days(storage, settings, PROD_INPUTS, [(d, f.drop(LABEL, SCENARIO)) for d, f in days[-2:]])
-    proc = _fraudops_run(stack_env)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    outputs = storage.ls(PREDICTIONS)
-    assert len(outputs) == 2 and not [rel for rel in outputs if posixpath.basename(rel).startswith(".")]
-    assert sum(storage.read_frame(rel).height for rel in outputs) == sum(f.height for _, f in days[-2:])
-    runs = client(settings).search_runs(
-        [client(settings).get_experiment_by_name(settings.registry.experiment).experiment_id],
-        "params.candidate = 'xgboost'",
-    )
-    assert [r.data.params["trained_on"] for r in runs] == ["dask"]

@@ -9,6 +9,7 @@ meets PostgreSQL restarts.
 from __future__ import annotations
 
 import os
+import posixpath
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import pytest
 
 from fraudops.workspace import load_settings
 from fraudops.workspace.storage import Storage
+from helpers import dask_run_workspace
 from servers import MlflowServer, Postgres
 
 FRAUDOPS = [sys.executable, "-m", "fraudops.cli"]
@@ -151,6 +153,27 @@ def test_pipeline_survives_postgres_restarts(stack_env: str, postgres: Postgres,
     c = client(settings)
     versions = c.search_model_versions(f"name = '{settings.registry.model_name}'")
     assert len({v.run_id for v in versions}) == len(versions) == 1
+
+
+@pytest.mark.slow
+def test_fraudops_run_with_the_dask_engine_and_the_workspace_on_s3(stack_env: str) -> None:
+    """`fraudops run` starting its own LocalCluster, with the workspace on the S3 API server and MLflow on
+    the tracking server: the workers read and write the bucket, training runs on xgboost.dask."""
+    scored = dask_run_workspace(
+        stack_env, "{engine: dask, workers: 2, worker_memory_limit: 1GB, train_in_memory_rows: 1000}"
+    )
+    proc = fraudops("run", "-w", stack_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    settings = load_settings(stack_env)
+    storage = Storage.of(settings)
+    outputs = storage.ls("prod_outputs/predictions")
+    assert len(outputs) == 2 and not [rel for rel in outputs if posixpath.basename(rel).startswith(".")]
+    assert sum(storage.read_frame(rel).height for rel in outputs) == scored
+    c = client(settings)
+    runs = c.search_runs(
+        [c.get_experiment_by_name(settings.registry.experiment).experiment_id], "params.candidate = 'xgboost'"
+    )
+    assert [r.data.params["trained_on"] for r in runs] == ["dask"]
 
 
 def test_init_simulate_import_and_config_on_s3(s3_bucket: str, tmp_path: Any) -> None:

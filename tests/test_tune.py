@@ -145,6 +145,7 @@ def test_tune_writes_the_best_params_and_train_uses_them(ws: Path) -> None:
     assert best["trial"] == winner.number and best["value"] == pytest.approx(winner.value)
     assert best["train"]["candidates"] == [winner.params["candidate"]]
     # trial 0 is the configured parameters (the baseline the search must beat)
+    # (the workspace's xgboost mapping replaces the defaults': XGBoost's own max_depth, 6)
     assert trials[0].params["candidate"] == "xgboost" and trials[0].params["max_depth"] == 6
     assert trials[0].params["learning_rate"] == 0.1
 
