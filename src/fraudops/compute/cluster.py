@@ -125,18 +125,38 @@ class Engine:
 
     def exchange(
         self,
-        inputs: Sequence[T],
+        inputs: Sequence[Any],
         split: Callable[..., dict[K, Any]],
         split_args: tuple[Any, ...],
         combine: Callable[..., R],
         combine_args: tuple[Any, ...],
+        *,
+        send: bool = True,
     ) -> dict[K, R]:
         """A hash shuffle: ``split(input, *split_args)`` runs per input and gives ``{key: piece}``;
         then ``combine(key, pieces, *combine_args)`` runs once per key with every input's piece of it.
 
-        Inputs are sent to the workers once; pieces move worker to worker, never through this process.
+        ``send``: the inputs (frames) are sent to the workers once first; else they are small descriptions
+        (files to read) or futures of an earlier :meth:`exchange_futures`, given to the split tasks as they
+        are (a task lost with its worker is then recomputed from them). Pieces move worker to worker, never
+        through this process.
         """
-        sent = self.client.scatter(list(inputs), hash=False)
+        combined = self.exchange_futures(inputs, split, split_args, combine, combine_args, send=send)
+        results = self.client.gather(list(combined.values()))
+        return dict(zip(combined, results, strict=True))
+
+    def exchange_futures(
+        self,
+        inputs: Sequence[Any],
+        split: Callable[..., dict[K, Any]],
+        split_args: tuple[Any, ...],
+        combine: Callable[..., Any],
+        combine_args: tuple[Any, ...],
+        *,
+        send: bool = True,
+    ) -> dict[K, Future]:
+        """:meth:`exchange` whose results stay on the workers (futures, to feed a next exchange)."""
+        sent = self.client.scatter(list(inputs), hash=False) if send else list(inputs)
         splits = [self.client.submit(split, s, *split_args, key=self._key("split"), pure=False) for s in sent]
         key_lists = self.client.gather(
             [self.client.submit(_keys, f, key=self._key("keys"), pure=False) for f in splits]
@@ -152,8 +172,7 @@ class Engine:
             combined[k] = self.client.submit(
                 combine, k, pieces, *combine_args, key=self._key("combine"), pure=False
             )
-        results = self.client.gather(list(combined.values()))
-        return dict(zip(combined, results, strict=True))
+        return combined
 
     def _arrays(self, x: np.ndarray, y: np.ndarray) -> tuple[Array, Array]:
         """``x`` and ``y`` as Dask arrays of row blocks (at most ``partition_rows``, at least one per worker),

@@ -27,7 +27,7 @@ from fraudops.features.definitions import (
     lookback_days,
 )
 
-__all__ = ["add_features", "features_for", "local_windows", "partition_windows"]
+__all__ = ["add_features", "features_for", "local_windows", "narrow", "partition_windows", "with_windows"]
 
 # internal column names (cannot clash with users' columns that matter: only these are computed on)
 _I, _T, _C, _M, _A, _Y, _ONE = "__fo_i", "__fo_t", "__fo_c", "__fo_m", "__fo_a", "__fo_y", "__fo_one"
@@ -74,6 +74,11 @@ def _narrow(tx: pl.DataFrame) -> pl.DataFrame:
         pl.col(AMOUNT).cast(pl.Float64).alias(_A),
         label.alias(_Y),
     )
+
+
+def narrow(tx: pl.DataFrame) -> pl.DataFrame:
+    """The narrow columns of validated rows (a scaled computation builds its partitions from them)."""
+    return _narrow(_as_frame(tx, "transactions"))
 
 
 def _int(value: object) -> int:
@@ -297,6 +302,12 @@ def _compute(narrow: pl.DataFrame, cfg: FeaturesConfig, windows: Windows | None 
 def _attach(tx: pl.DataFrame, feats: pl.DataFrame) -> pl.DataFrame:
     keep = [c for c in tx.columns if c == AMOUNT or c not in feats.columns]
     return tx.select(keep).with_columns(pl.col(AMOUNT).cast(pl.Float64)).hstack(feats.drop(AMOUNT))
+
+
+def with_windows(tx: pl.DataFrame, windows: pl.DataFrame, cfg: FeaturesConfig) -> pl.DataFrame:
+    """:func:`add_features` of ``tx`` whose window columns were computed elsewhere (``windows``, in ``tx``'s
+    row order: a scaled computation's partitions); the other features and the columns as here."""
+    return _attach(tx, _compute(_narrow(tx), cfg, lambda _narrow_rows, _cfg: windows))
 
 
 def add_features(

@@ -21,8 +21,10 @@ import math
 import polars as pl
 
 from fraudops import compute
-from fraudops.config import FeaturesConfig
-from fraudops.features.definitions import US_PER_DAY, lookback_days
+from fraudops.config import DataConfig, FeaturesConfig
+from fraudops.data.loading import Piece, piece_rows, read_piece
+from fraudops.data.schema import AMOUNT, TX_ID, TX_TIME
+from fraudops.features.definitions import US_PER_DAY, feature_names, lookback_days
 from fraudops.features.engine import (
     CUSTOMER_KEY,
     OWN,
@@ -31,10 +33,13 @@ from fraudops.features.engine import (
     TIME,
     Windows,
     local_windows,
+    narrow,
     partition_windows,
+    with_windows,
 )
 from fraudops.features.engine import add_features as local_add_features
 from fraudops.features.engine import features_for as local_features_for
+from fraudops.workspace.storage import Storage
 
 _BUCKET, _BLOCK = "__fo_bucket", "__fo_block"
 ENTITIES = {"customer": CUSTOMER_KEY, "terminal": TERMINAL_KEY}
@@ -109,6 +114,56 @@ def cluster_windows(
     if out.height != n:
         raise RuntimeError(f"scaled features: {out.height} rows computed for {n} (partitioning is broken)")
     return out
+
+
+# ------------------------------------------------------------- from the workspace's files, on the workers
+# The partitions of a feature table: pieces (files, row groups) read where the split runs, keyed by
+# customer bucket only (no time blocks: a repeated id's copies of one customer meet in one partition),
+# then by terminal bucket; ROW is the row's place in load_folder's order (piece index, row in piece).
+
+
+def _internal(column: str) -> bool:
+    return column.startswith("__fo_")
+
+
+def split_piece(
+    piece: Piece, storage: Storage, data: DataConfig, cfg: FeaturesConfig, labelled_only: bool, buckets: int
+) -> dict[tuple[int, int], pl.DataFrame]:
+    """A piece's valid rows (with their narrow columns) by customer bucket."""
+    rows = piece_rows(read_piece(storage, piece, data), labelled_only=labelled_only)
+    if rows is None or rows.height == 0:
+        return {}
+    # add_features replaces input columns named like a feature (the amount apart): drop them now
+    rows = rows.drop([c for c in feature_names(cfg) if c != AMOUNT and c in rows.columns])
+    order = (pl.int_range(pl.len(), dtype=pl.Int64) + (piece.index << 32)).alias(ROW)
+    return split_rows(rows.hstack(narrow(rows)).with_columns(order), "customer", buckets, 1, 0, 1, 0)
+
+
+def combine_customers(
+    key: tuple[int, int], pieces: list[pl.DataFrame | None], cfg: FeaturesConfig
+) -> pl.DataFrame:
+    """A customer bucket's rows, a repeated id once (the later piece's row, as load_folder keeps it), with
+    their customer windows."""
+    part = pl.concat([p for p in pieces if p is not None], how="diagonal_relaxed").sort(ROW)
+    part = part.unique(TX_ID, keep="last", maintain_order=True)
+    return part.hstack(partition_windows(part, cfg, "customer").drop(ROW))
+
+
+def split_terminals(part: pl.DataFrame, buckets: int) -> dict[tuple[int, int], pl.DataFrame]:
+    return split_rows(part, "terminal", buckets, 1, 0, 1, 0)
+
+
+def combine_terminals(
+    key: tuple[int, int], pieces: list[pl.DataFrame | None], cfg: FeaturesConfig
+) -> pl.DataFrame:
+    """A terminal bucket's rows as :func:`add_features` gives them (in (time, id) order), without the
+    internal columns."""
+    part = pl.concat([p for p in pieces if p is not None], how="diagonal_relaxed")
+    terminal = partition_windows(part, cfg, "terminal").drop(ROW)
+    names = set(feature_names(cfg))
+    tx = part.select(c for c in part.columns if not _internal(c) and (c == AMOUNT or c not in names))
+    windows = part.select(c for c in part.columns if c in names and c != AMOUNT).hstack(terminal)
+    return with_windows(tx, windows, cfg).sort(TX_TIME, TX_ID)
 
 
 def _windows() -> Windows | None:
