@@ -251,7 +251,8 @@ def check_surveys(storage: Storage, pieces: list[Piece], surveys: list[Survey], 
         key = (p.file, p.column, p.message)
         if key in merged:
             old = merged[key]
-            merged[key] = Problem(p.file, p.column, p.message, old.n_rows + p.n_rows, old.examples)
+            examples = (old.examples + p.examples)[:3]  # a file reports its first three
+            merged[key] = Problem(p.file, p.column, p.message, old.n_rows + p.n_rows, examples)
         else:
             merged[key] = p
     problems = list(merged.values())
