@@ -29,7 +29,7 @@ from fraudops.data.schema import LABEL, SCENARIO, to_file_columns
 from fraudops.monitoring.stats import drift_table
 from fraudops.tracking.client import client
 from fraudops.workspace import init_workspace
-from fraudops.workspace.layout import PREDICTIONS, PROD_INPUTS, RAW
+from fraudops.workspace.layout import FEATURE_TABLES, PREDICTIONS, PROD_INPUTS, RAW
 from fraudops.workspace.storage import Storage
 from helpers import SMALL_XGB, open_ws, train_register_promote
 
@@ -85,6 +85,7 @@ def _run_batch(ws: Path, client: Client | None) -> dict[str, pl.DataFrame]:
 def test_batch_on_the_cluster_gives_the_local_predictions(dask_client: Client, tx_ws: dict[str, Any]) -> None:
     local = _run_batch(tx_ws["ws"], None)
     dist = _run_batch(tx_ws["ws"], dask_client)
+    assert (tx_ws["ws"] / FEATURE_TABLES / "history" / "table.json").exists()  # history built by the workers
     assert sorted(dist) == sorted(local) and len(local) == HELD_OUT
     for rel, frame in local.items():
         assert dist[rel].equals(frame), rel  # same rows, order, ids and identical probabilities

@@ -42,15 +42,17 @@ from fraudops.data.loading import (
     load_folder,
     survey_piece,
 )
-from fraudops.data.schema import AMOUNT, LABEL, TX_ID, TX_TIME
+from fraudops.data.schema import AMOUNT, CUSTOMER, LABEL, TERMINAL, TX_ID, TX_TIME
 from fraudops.features import scaled
-from fraudops.features.definitions import feature_names
+from fraudops.features.definitions import feature_names, lookback_days
 from fraudops.workspace.layout import CURRENT, FEATURE_TABLES, RAW
 from fraudops.workspace.storage import Storage
 
 ROW_GROUP = 65_536
 """Rows per Parquet row group of a part: the granularity at which a time window skips data."""
 MANIFEST = "table.json"
+HISTORY_COLUMNS = [TX_ID, TX_TIME, CUSTOMER, TERMINAL, AMOUNT, LABEL]
+"""What a look-back into history reads: the columns features are computed from."""
 
 
 class TablePart(BaseModel):
@@ -102,6 +104,19 @@ class FeatureTable:
         if not frames:
             return pl.DataFrame(schema=_schema(self.storage, self.manifest.parts[0].rel, columns))
         return pl.concat(frames, how="diagonal_relaxed").sort(TX_TIME, TX_ID)
+
+    def lookback(self, new: pl.DataFrame, cfg: FeaturesConfig) -> pl.DataFrame | None:
+        """The history rows the features of ``new`` reach back into (:func:`~fraudops.features.features_for`
+        reads no others): from :func:`~fraudops.features.lookback_days` before its earliest transaction to
+        its last day, only the columns features are computed from."""
+        if new.height == 0 or self.rows == 0:
+            return None
+        times = new.get_column(TX_TIME)
+        first: dt.datetime = times.min()  # type: ignore[assignment]
+        last: dt.datetime = times.max()  # type: ignore[assignment]
+        start = first.date() - dt.timedelta(days=lookback_days(cfg) + 1)
+        present = [c for c in HISTORY_COLUMNS if c in self.manifest.columns]
+        return self.window(start, last.date() + dt.timedelta(days=1), present)
 
 
 def _schema(storage: Storage, rel: str, columns: list[str] | None) -> pl.Schema:
@@ -215,8 +230,10 @@ def build(
         fingerprint=fingerprint,
     )
     storage.write_json(posixpath.join(base, MANIFEST), manifest.model_dump(mode="json"))
-    for old in {posixpath.dirname(rel) for rel in storage.find(base)} - {folder, base}:
-        storage.delete(old, recursive=True)
+    for old in storage.folders(base):
+        if old != folder:
+            storage.delete(old, recursive=True)
+    storage.remove_leftovers(base)  # the temporaries of attempts lost with their worker (Dask reran them)
     return FeatureTable(storage, manifest)
 
 
@@ -230,10 +247,27 @@ def scales(settings: Settings) -> bool:
     )
 
 
+def _table_or_rows(
+    storage: Storage, settings: Settings, name: str, folders: list[str], *, labelled_only: bool
+) -> pl.DataFrame | FeatureTable:
+    eng = compute.current()
+    if eng is None or not scales(settings):
+        return load_folder(storage, folders, settings.data, labelled_only=labelled_only)
+    return build(eng, storage, settings, name, folders, labelled_only=labelled_only)
+
+
 def labelled(storage: Storage, settings: Settings) -> pl.DataFrame | FeatureTable:
     """Training's labelled history (data/raw/ and labelled current data): the feature table built on the
     cluster (:func:`scales`), else the rows loaded here."""
-    eng = compute.current()
-    if eng is None or not scales(settings):
-        return load_folder(storage, [RAW, CURRENT], settings.data, labelled_only=True)
-    return build(eng, storage, settings, "labelled", [RAW, CURRENT], labelled_only=True)
+    return _table_or_rows(storage, settings, "labelled", [RAW, CURRENT], labelled_only=True)
+
+
+def history(storage: Storage, settings: Settings) -> pl.DataFrame | FeatureTable:
+    """Every known transaction (data/raw/ and current data, labelled or not), which batch scoring's
+    feature windows reach back into: the table built on the cluster, else the rows loaded here."""
+    return _table_or_rows(storage, settings, "history", [RAW, CURRENT], labelled_only=False)
+
+
+def raw_history(storage: Storage, settings: Settings) -> pl.DataFrame | FeatureTable:
+    """The transactions of data/raw/ (labelled or not), monitoring's history."""
+    return _table_or_rows(storage, settings, "raw", [RAW], labelled_only=False)
