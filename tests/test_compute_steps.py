@@ -27,9 +27,10 @@ from fraudops.context import StepContext
 from fraudops.data import simulate
 from fraudops.data.schema import LABEL, SCENARIO, to_file_columns
 from fraudops.monitoring.stats import drift_table
+from fraudops.monitoring.step import monitor_step
 from fraudops.tracking.client import client
 from fraudops.workspace import init_workspace
-from fraudops.workspace.layout import FEATURE_TABLES, PREDICTIONS, PROD_INPUTS, RAW
+from fraudops.workspace.layout import CURRENT, DRIFT_CSV, FEATURE_TABLES, PREDICTIONS, PROD_INPUTS, RAW
 from fraudops.workspace.storage import Storage
 from helpers import SMALL_XGB, open_ws, train_register_promote
 
@@ -58,7 +59,7 @@ def tx_ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     train_register_promote(settings, storage)
     held = [(d, f.drop(LABEL, SCENARIO)) for d, f in days[-HELD_OUT:]]
     _write_days(storage, settings, PROD_INPUTS, held)
-    return {"ws": ws}
+    return {"ws": ws, "labelled": days[-HELD_OUT:]}
 
 
 def _outputs(storage: Storage) -> dict[str, pl.DataFrame]:
@@ -154,6 +155,32 @@ def test_a_worker_killed_mid_batch_the_step_completes_and_leaves_no_partial_outp
     assert killed[0] not in dask_client.run(os.getpid).values()  # it really died (its nanny restarts it)
     for rel in copies:
         storage.delete(rel)
+
+
+def test_monitor_on_the_cluster_decides_as_the_local_engine(
+    dask_client: Client, tx_ws: dict[str, Any]
+) -> None:
+    """Labelled current data over the history table the workers built: the same features, drift,
+    performance (known-compromised cards left out from the table's frauds) and decision."""
+    settings, storage = open_ws(tx_ws["ws"])
+    _write_days(storage, settings, CURRENT, tx_ws["labelled"][:2])
+    try:
+        local = monitor_step(StepContext(settings, storage))
+        local_drift = storage.read_frame(DRIFT_CSV)
+        with compute.attach(dask_client, partition_rows=3_000):
+            dist = monitor_step(StepContext(settings, storage))
+        dist_drift = storage.read_frame(DRIFT_CSV)
+    finally:
+        storage.delete(CURRENT, recursive=True)
+        storage.makedirs(CURRENT)
+    assert (tx_ws["ws"] / FEATURE_TABLES / "raw" / "table.json").exists()
+    assert local.performance_status != "no labelled data" and local.n_labelled > 0
+    skip = {"run_id", "monitored_at"}
+    assert dist.model_dump(exclude=skip) == local.model_dump(exclude=skip)
+    exact = [c for c, t in local_drift.schema.items() if not t.is_float()]
+    assert dist_drift.select(exact).equals(local_drift.select(exact))
+    for col in (c for c in local_drift.columns if c not in exact):
+        np.testing.assert_allclose(dist_drift[col].to_numpy(), local_drift[col].to_numpy(), rtol=1e-12)
 
 
 def test_drift_on_the_cluster_equals_the_local_statistics(dask_client: Client) -> None:

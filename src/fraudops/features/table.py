@@ -118,6 +118,14 @@ class FeatureTable:
         present = [c for c in HISTORY_COLUMNS if c in self.manifest.columns]
         return self.window(start, last.date() + dt.timedelta(days=1), present)
 
+    def frauds_of(self, columns: list[str]) -> pl.DataFrame:
+        """Its frauds (label 1), read a part at a time: what tells which cards are known to be compromised."""
+        frames = [
+            _read_days(self.storage, p.rel, None, None, [*columns, LABEL]).filter(pl.col(LABEL) == 1)
+            for p in self.manifest.parts
+        ]
+        return pl.concat(frames, how="diagonal_relaxed").select(*columns, LABEL)
+
 
 def _schema(storage: Storage, rel: str, columns: list[str] | None) -> pl.Schema:
     with storage.open_read(rel) as f:
@@ -126,15 +134,19 @@ def _schema(storage: Storage, rel: str, columns: list[str] | None) -> pl.Schema:
 
 
 def _read_days(
-    storage: Storage, rel: str, start: dt.date, end: dt.date, columns: list[str] | None
+    storage: Storage, rel: str, start: dt.date | None, end: dt.date | None, columns: list[str] | None
 ) -> pl.DataFrame:
-    """One part's rows of the days [start, end): only the row groups whose time range meets them (a day
-    of margin: statistics are instants, days are in the column's own zone)."""
+    """One part's rows of the days [start, end) (None: all): only the row groups whose time range meets
+    them (a day of margin: statistics are instants, days are in the column's own zone)."""
     import pyarrow.parquet as pq
 
     with storage.open_read(rel) as f:
         pf = pq.ParquetFile(f)
         at = pf.schema_arrow.get_field_index(TX_TIME)
+        if start is None or end is None:
+            df = pl.from_arrow(pf.read(columns=columns))
+            assert isinstance(df, pl.DataFrame)
+            return df
         margin = dt.timedelta(days=1)
         groups = []
         for i in range(pf.metadata.num_row_groups):
