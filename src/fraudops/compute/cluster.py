@@ -142,6 +142,7 @@ class Engine:
         through this process.
         """
         combined = self.exchange_futures(inputs, split, split_args, combine, combine_args, send=send)
+        del inputs  # futures of an earlier exchange: their data is released once split (if not held)
         results = self.client.gather(list(combined.values()))
         return dict(zip(combined, results, strict=True))
 

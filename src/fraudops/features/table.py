@@ -215,7 +215,7 @@ def build(
         send=False,
     )
     written = eng.exchange(
-        list(by_customer.values()),
+        [by_customer.pop(k) for k in sorted(by_customer)],  # held nowhere else: released once split
         scaled.split_terminals,
         (buckets,),
         write_part,
