@@ -15,15 +15,17 @@ do it with ``compute.engine: dask``:
   training's windows read from it (:func:`fraudops.modeling.splits.split`) into this process;
 - **batch**: a small XGBoost model fitted here on (a sample of) the fit window; the history table built by
   the workers; every prod_inputs/ file scored by a task that reads only its look-back from the table;
-- **drift**: the validation window as reference, the last scored days from the table as current, one
-  task per feature column (:func:`fraudops.monitoring.stats.drift_table`).
+- **drift**: the validation window as reference, the labelled table's last 7 days as current, one task
+  per feature column (:func:`fraudops.monitoring.stats.drift_table`).
 
-Memory: each worker's peak RSS, as its nanny reports it (sampled every 0.5 s through the scheduler) and
-its ``VmHWM`` at the end (a worker restarted for exceeding its limit counts as ``restarts``); this
-process's ``VmHWM``. The local engine's figure is an **extrapolation**: its features step
-(``load_labelled`` + ``add_features``, in a fresh process) is measured on the first ``--probe-days``
-(two sizes) and its peak extrapolated linearly in rows to the whole data set. Results: stdout and
-``benchmarks/results/dask_large.json``.
+Memory, per phase: each worker's peak RSS (its ``VmHWM``, reset before the phase through
+``/proc/self/clear_refs``; and its nanny's figure sampled every 0.5 s through the scheduler, which also
+sees a worker the nanny restarted for exceeding its limit, counted as ``worker_restarts``), and this
+process's ``VmHWM``. The first failing phase stops the run (its error and the figures so far are
+reported; exit code 1, also when a worker went over its limit). The local engine's figure is an
+**extrapolation**: its features step (``load_labelled`` + ``add_features``, in a fresh process) is
+measured on the first ``--probe-days`` (two sizes) and its peak extrapolated linearly in rows to the whole
+data set. Results: stdout and ``benchmarks/results/dask_large.json``.
 """
 
 from __future__ import annotations
@@ -84,29 +86,63 @@ def simulate(ws: Path, customers: int, days: int, score_days: int) -> None:
         path.unlink()
 
 
-class NannyPeaks:
-    """The workers' memory as their nannies report it to the scheduler, sampled in a thread: the peak per
-    worker name (a restarted worker keeps its name)."""
+def reset_peak() -> None:
+    """Start this process's VmHWM afresh from its current RSS (Linux >= 4.0), so a phase's peak is its own."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+class Phases:
+    """Runs the phases one by one; for each: seconds, every worker's peak RSS (its VmHWM, reset before the
+    phase; and its nanny's figure sampled every 0.5 s through the scheduler, which survives a restart),
+    workers restarted (over their limit), this process's peak. The first failing phase stops the run."""
 
     def __init__(self, client: Any) -> None:
-        self.client, self.peaks, self.pids = client, {}, {}
+        self.client, self.results = client, {}
+        self._nanny: dict[str, float] = {}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def _run(self) -> None:
+    def _sample(self) -> None:
         while not self._stop.wait(0.5):
             for info in self.client.scheduler_info()["workers"].values():
                 name = str(info["name"])
-                mb = info["metrics"]["memory"] / 2**20
-                self.peaks[name] = max(self.peaks.get(name, 0.0), mb)
+                self._nanny[name] = max(self._nanny.get(name, 0.0), info["metrics"]["memory"] / 2**20)
 
-    def __enter__(self) -> NannyPeaks:
+    def __enter__(self) -> Phases:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def run(self, name: str, fn: Any) -> Any:
+        pids = set(self.client.run(os.getpid).values())
+        self.client.run(reset_peak)
+        reset_peak()
+        self._nanny.clear()
+        started = time.perf_counter()
+        error = None
+        try:
+            value = fn()
+        except Exception as e:  # reported with the figures of the phases before
+            value, error = None, f"{type(e).__name__}: {e}"
+        result: dict[str, Any] = {"seconds": round(time.perf_counter() - started, 1)}
+        result["worker_vmhwm_mb"] = sorted(round(v) for v in self.client.run(peak_rss_mb).values())
+        result["worker_nanny_peak_mb"] = sorted(round(v) for v in self._nanny.values())
+        result["worker_restarts"] = len(pids - set(self.client.run(os.getpid).values()))
+        result["driver_vmhwm_mb"] = round(peak_rss_mb())
+        if error:
+            result["error"] = error
+        self.results[name] = result
+        print(f"{name}: {result}", flush=True)
+        if error:
+            raise PhaseFailed(name)
+        return value
+
+
+class PhaseFailed(Exception):
+    pass
 
 
 def local_probe(ws: Path, days: list[int]) -> list[tuple[int, float]]:
@@ -187,68 +223,70 @@ def main() -> int:
         compute.local_cluster(args.workers, args.memory_limit) as cluster,
         Client(cluster) as client,
         compute.attach(client, partition_rows=args.partition_rows) as eng,
-        NannyPeaks(client) as nanny,
+        Phases(client) as phases,
     ):
-        pids = set(client.run(os.getpid).values())
-        labelled = timed("features_table", out, lambda: table.labelled(storage, settings))
-        assert isinstance(labelled, table.FeatureTable)
-        out["transactions"] = labelled.rows
-        print(f"{labelled.rows:,} labelled transactions in {len(labelled.manifest.parts)} parts", flush=True)
-        parts = timed("training_window", out, lambda: split(labelled, settings))
-        out["training_window_rows"] = parts.fit.height + parts.valid.height + parts.test.height
+        try:
+            labelled = phases.run("features_table", lambda: table.labelled(storage, settings))
+            assert isinstance(labelled, table.FeatureTable)
+            out["transactions"] = labelled.rows
+            out["parts"] = len(labelled.manifest.parts)
+            parts = phases.run("training_window", lambda: split(labelled, settings))
+            out["training_window_rows"] = parts.fit.height + parts.valid.height + parts.test.height
 
-        sample = parts.fit.sample(min(parts.fit.height, 200_000), seed=0)
-        cfg = settings.train.model_copy(
-            update={"xgboost": {**settings.train.xgboost, "n_estimators": 100, "early_stopping_rounds": None}}
-        )
-        x = sample.select(names).to_numpy().astype(np.float32)
-        model = fit_xgboost(x, sample["TX_FRAUD"].to_numpy(), names, cfg)
+            sample = parts.fit.sample(min(parts.fit.height, 200_000), seed=0)
+            xgb = {**settings.train.xgboost, "n_estimators": 100, "early_stopping_rounds": None}
+            cfg = settings.train.model_copy(update={"xgboost": xgb})
+            x = sample.select(names).to_numpy().astype(np.float32)
+            model = fit_xgboost(x, sample["TX_FRAUD"].to_numpy(), names, cfg)
 
-        history = timed("history_table", out, lambda: table.history(storage, settings))
-        files = storage.ls(PROD_INPUTS)
-        out["scored_rows"] = sum(pq.ParquetFile(storage.path(f)).metadata.num_rows for f in files)
+            history = phases.run("history_table", lambda: table.history(storage, settings))
+            files = storage.ls(PROD_INPUTS)
+            out["scored_rows"] = sum(pq.ParquetFile(storage.path(f)).metadata.num_rows for f in files)
 
-        def batch() -> None:
-            done = eng.map(
-                score_partition,
-                files,
-                storage,
-                shared={"model": model.with_threads(1), "history": history, "explainer": None},
-                settings=settings,
-                version=1,
-                scored_at=dt.datetime.now(dt.UTC),
-                progress=None,
-            )
-            assert all(error is None for _, error in done), done
+            def batch() -> None:
+                done = eng.map(
+                    score_partition,
+                    files,
+                    storage,
+                    shared={"model": model.with_threads(1), "history": history, "explainer": None},
+                    settings=settings,
+                    version=1,
+                    scored_at=dt.datetime.now(dt.UTC),
+                    progress=None,
+                )
+                errors = [error for _, error in done if error is not None]
+                if errors:
+                    raise RuntimeError("; ".join(errors))
 
-        timed("batch", out, batch)
-        last = labelled.days[1]
-        current = labelled.window(last - dt.timedelta(days=6), last + dt.timedelta(days=1))
-        drift = timed("drift", out, lambda: drift_table(parts.valid, current, names, settings.monitor))
-        out["drift_rows"] = {"reference": parts.valid.height, "current": current.height}
-        out["drifted_features"] = int(drift["drift_detected"].sum())
-        vm = client.run(peak_rss_mb)
-        restarts = len(pids - set(client.run(os.getpid).values()))
-    out["worker_peak_mb"] = {"nanny": {k: round(v) for k, v in nanny.peaks.items()}}
-    out["worker_peak_mb"]["vmhwm_at_end"] = sorted(round(v) for v in vm.values())
-    out["worker_restarts"] = restarts
-    out["driver_peak_mb"] = round(peak_rss_mb())
+            phases.run("batch", batch)
+            last = labelled.days[1]
+            current = labelled.window(last - dt.timedelta(days=6), last + dt.timedelta(days=1))
+            drift = phases.run("drift", lambda: drift_table(parts.valid, current, names, settings.monitor))
+            out["drift_rows"] = {"reference": parts.valid.height, "current": current.height}
+            out["drifted_features"] = int(drift["drift_detected"].sum())
+        except PhaseFailed as e:
+            out["failed_phase"] = str(e)
+    out["phases"] = phases.results
     out["load_after"] = os.getloadavg()
 
     probe = local_probe(ws, args.probe_days)
     (r1, m1), (r2, m2) = probe
+    rows = out.get("transactions") or r2
     slope = (m2 - m1) / (r2 - r1)
     out["local_engine"] = {
         "measured": [{"rows": r, "peak_mb": round(m)} for r, m in probe],
         "mb_per_million_rows": round(slope * 1e6),
-        "extrapolated_peak_mb": round(m2 + slope * (out["transactions"] - r2)),
+        "extrapolated_peak_mb": round(m2 + slope * (rows - r2)),
         "note": "extrapolation: linear in rows from the two measured sizes, not a measurement",
     }
     limit = out["memory_limit_mb"]
-    worst = max([*out["worker_peak_mb"]["nanny"].values(), *out["worker_peak_mb"]["vmhwm_at_end"]])
-    failures = []
-    if worst > limit or restarts:
-        failures.append(f"worker peak {worst} MB over the limit {limit:.0f} MB, or {restarts} restarts")
+    failures = [f"phase {out['failed_phase']} failed"] if "failed_phase" in out else []
+    for name, r in out["phases"].items():
+        worst = max([*r["worker_vmhwm_mb"], *r["worker_nanny_peak_mb"]], default=0)
+        if worst > limit or r["worker_restarts"]:
+            failures.append(
+                f"{name}: worker peak {worst} MB (limit {limit:.0f}), {r['worker_restarts']} restarts"
+            )
     print(json.dumps(out, indent=2, default=str))
     code = finish(RESULTS, {**out, "machine": machine("polars", "dask", "distributed")}, failures)
     if tmp is not None:

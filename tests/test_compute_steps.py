@@ -25,7 +25,9 @@ from fraudops.batch.step import batch_step
 from fraudops.config import MonitorConfig, Settings, SimulateConfig
 from fraudops.context import StepContext
 from fraudops.data import simulate
+from fraudops.data.loading import fingerprint, load_folder
 from fraudops.data.schema import LABEL, SCENARIO, to_file_columns
+from fraudops.features import table
 from fraudops.monitoring.stats import drift_table
 from fraudops.monitoring.step import monitor_step
 from fraudops.tracking.client import client
@@ -94,14 +96,15 @@ def test_batch_on_the_cluster_gives_the_local_predictions(dask_client: Client, t
 
 
 class KillWhileWriting(WorkerPlugin):
-    """A worker plugin: the first worker to start scoring a file kills itself (SIGKILL) once a hidden
-    temporary output is in the folder, i.e. in the middle of writing; the marker file keeps it to once."""
+    """A worker plugin: the first worker to start a ``task`` kills itself (SIGKILL) once a hidden
+    temporary output is in the folder (or below), i.e. in the middle of writing; the marker file keeps it
+    to once."""
 
-    def __init__(self, folder: str, marker: str) -> None:
-        self.folder, self.marker = folder, marker
+    def __init__(self, folder: str, marker: str, task: str = "score_partition") -> None:
+        self.folder, self.marker, self.task = folder, marker, task
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
-        if finish != "executing" or "score_partition" not in str(key):
+        if finish != "executing" or self.task not in str(key):
             return
         try:
             fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -114,7 +117,7 @@ class KillWhileWriting(WorkerPlugin):
     def _kill(self) -> None:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            if os.path.isdir(self.folder) and any(n.startswith(".") for n in os.listdir(self.folder)):
+            if any(n.startswith(".") for _, _, names in os.walk(self.folder) for n in names):
                 break
             time.sleep(0.001)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -155,6 +158,30 @@ def test_a_worker_killed_mid_batch_the_step_completes_and_leaves_no_partial_outp
     assert killed[0] not in dask_client.run(os.getpid).values()  # it really died (its nanny restarts it)
     for rel in copies:
         storage.delete(rel)
+
+
+def test_a_worker_killed_while_writing_a_feature_table_part_the_table_is_whole(
+    dask_client: Client, tx_ws: dict[str, Any]
+) -> None:
+    """Its part is rewritten by the rerun task (the lost work recomputed from the files), the killed
+    attempt's temporary removed: the table holds every row once, as loaded here."""
+    settings, storage = open_ws(tx_ws["ws"])
+    pids = set(dask_client.run(os.getpid).values())
+    marker = tx_ws["ws"].parent / "killed-table"
+    folder = tx_ws["ws"] / FEATURE_TABLES
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    dask_client.register_plugin(KillWhileWriting(str(folder), str(marker), "write_part"), name="kill")
+    try:
+        with compute.attach(dask_client, partition_rows=3_000) as eng:
+            built = table.build(eng, storage, settings, "killed", [RAW], labelled_only=True)
+    finally:
+        dask_client.unregister_worker_plugin("kill")
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert marker.exists() and int(marker.read_text()) in pids, "no worker was killed"
+    assert built.manifest.fingerprint == fingerprint(
+        load_folder(storage, [RAW], settings.data, labelled_only=True)
+    )
+    assert not [p for p in folder.rglob(".*")]
 
 
 def test_monitor_on_the_cluster_decides_as_the_local_engine(

@@ -158,7 +158,10 @@ class Engine:
     ) -> dict[K, Future]:
         """:meth:`exchange` whose results stay on the workers (futures, to feed a next exchange)."""
         sent = self.client.scatter(list(inputs), hash=False) if send else list(inputs)
-        splits = [self.client.submit(split, s, *split_args, key=self._key("split"), pure=False) for s in sent]
+        split_name, combine_name = (getattr(fn, "__name__", "task") for fn in (split, combine))
+        splits = [
+            self.client.submit(split, s, *split_args, key=self._key(split_name), pure=False) for s in sent
+        ]
         key_lists = self.client.gather(
             [self.client.submit(_keys, f, key=self._key("keys"), pure=False) for f in splits]
         )
@@ -171,7 +174,7 @@ class Engine:
                 if k in ks
             ]
             combined[k] = self.client.submit(
-                combine, k, pieces, *combine_args, key=self._key("combine"), pure=False
+                combine, k, pieces, *combine_args, key=self._key(combine_name), pure=False
             )
         return combined
 
