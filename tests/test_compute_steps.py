@@ -255,6 +255,9 @@ def test_fraudops_run_with_the_dask_engine(dask_client: Client, tmp_path: Path) 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(storage.ls(PREDICTIONS)) == 2
     assert storage.exists("prod_outputs/monitoring/retrain_decision.csv") or "SUCCEEDED" in proc.stdout
+    # the workers built the tables: train's labelled one (select_champion read it again), batch's history
+    assert len(storage.folders(f"{FEATURE_TABLES}/labelled")) == 1
+    assert storage.exists(f"{FEATURE_TABLES}/history/table.json")
 
 
 def test_fraudops_run_with_the_dask_engine_and_the_workspace_on_s3(stack_env: str) -> None:

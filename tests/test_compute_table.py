@@ -106,11 +106,16 @@ def test_training_windows_from_the_table_are_the_local_ones(dask_client: Client,
     assert dist.windows == local.windows
     for name in ("fit", "valid", "test", "test_all"):
         assert_same(getattr(local, name), getattr(dist, name))
-    # a rebuild replaces the table: one generation left
+    # the same inputs: the same table (select_champion reads the one train built); a changed file: rebuilt,
+    # the new generation replacing the old one
     with compute.attach(dask_client, partition_rows=PARTITION_ROWS):
-        table.labelled(storage, settings)
+        assert table.labelled(storage, settings).manifest.generation == built.manifest.generation
+        first_day = sorted(storage.ls(RAW))[0]
+        storage.write_bytes(first_day, storage.read_bytes(first_day))  # rewritten: a new version
+        rebuilt = table.labelled(storage, settings)
+    assert rebuilt.manifest.generation != built.manifest.generation
     generations = [p for p in (Path(storage.path(FEATURE_TABLES)) / "labelled").iterdir() if p.is_dir()]
-    assert len(generations) == 1
+    assert [p.name for p in generations] == [rebuilt.manifest.generation]
 
 
 def test_bad_rows_are_reported_as_when_loading_here(

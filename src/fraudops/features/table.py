@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import math
 import posixpath
 import uuid
@@ -41,6 +42,7 @@ from fraudops.data.loading import (
     list_pieces,
     load_folder,
     survey_piece,
+    table_files,
 )
 from fraudops.data.schema import AMOUNT, CUSTOMER, LABEL, TERMINAL, TX_ID, TX_TIME
 from fraudops.features import scaled
@@ -73,6 +75,8 @@ class Manifest(BaseModel):
     columns: list[str]
     parts: list[TablePart]
     fingerprint: dict[str, object]
+    inputs: str = ""
+    """What it was built from (:func:`inputs_signature`): a build with the same inputs reuses it."""
 
 
 @dataclasses.dataclass
@@ -197,12 +201,19 @@ def build(
     *,
     labelled_only: bool,
 ) -> FeatureTable:
-    """The table of the folders' rows (only labelled ones if asked) built on ``eng``'s workers."""
+    """The table of the folders' rows (only labelled ones if asked) built on ``eng``'s workers; the table
+    already there when it was built from the same files and settings (train, then select_champion, or
+    the next execution, read the same table)."""
     folders = list(folders)
+    base = posixpath.join(FEATURE_TABLES, name)
+    signature = inputs_signature(storage, settings, folders, labelled_only)
+    if storage.exists(posixpath.join(base, MANIFEST)):
+        existing = Manifest.model_validate(storage.read_json(posixpath.join(base, MANIFEST)))
+        if existing.inputs == signature:
+            return FeatureTable(storage, existing)
     pieces = list_pieces(storage, folders)
     surveys = eng.map(survey_piece, pieces, storage, settings.data, labelled_only=labelled_only)
     n = check_surveys(storage, pieces, surveys, settings.data)
-    base = posixpath.join(FEATURE_TABLES, name)
     generation = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     folder = posixpath.join(base, generation)
     buckets = max(eng.workers, math.ceil(n / eng.partition_rows))
@@ -240,6 +251,7 @@ def build(
         columns=columns,
         parts=parts,
         fingerprint=fingerprint,
+        inputs=signature,
     )
     storage.write_json(posixpath.join(base, MANIFEST), manifest.model_dump(mode="json"))
     for old in storage.folders(base):
@@ -247,6 +259,20 @@ def build(
             storage.delete(old, recursive=True)
     storage.remove_leftovers(base)  # the temporaries of attempts lost with their worker (Dask reran them)
     return FeatureTable(storage, manifest)
+
+
+def inputs_signature(storage: Storage, settings: Settings, folders: list[str], labelled_only: bool) -> str:
+    """A hash of what a table is built from: every input file's name, size and version (modification time,
+    or ETag on S3), and the data and features settings."""
+    digest = hashlib.sha256()
+    digest.update(f"{folders}|{labelled_only}|{settings.data.model_dump_json()}|".encode())
+    digest.update(settings.features.model_dump_json().encode())
+    for folder in folders:
+        for rel in table_files(storage, folder):
+            info = storage.info(rel)
+            version = info.get("ETag") or info.get("mtime") or info.get("LastModified")
+            digest.update(f"|{rel}|{info.get('size')}|{version}".encode())
+    return digest.hexdigest()
 
 
 def scales(settings: Settings) -> bool:
