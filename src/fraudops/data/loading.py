@@ -277,19 +277,19 @@ def load_history(storage: Storage, settings: Settings) -> pl.DataFrame:
     return load_folder(storage, [RAW, CURRENT], settings.data, labelled_only=False)
 
 
-def content_sha256(columns: list[str], row_hashes: pl.Series) -> str:
-    """A table's content hash from its column names and its rows' ``hash_rows(seed=0)`` in any order (so
-    a table gathered from partitions hashes as the same table read whole)."""
+def content_sha256(columns: list[str], sorted_hashes: Iterable[pl.Series]) -> str:
+    """A table's content hash from its column names and its rows' ``hash_rows(seed=0)`` sorted, given as
+    consecutive sorted pieces (a table hashed range by range on a cluster hashes as the table read whole)."""
     digest = hashlib.sha256()
     digest.update(",".join(columns).encode())
-    if row_hashes.len():
-        digest.update(row_hashes.sort().to_numpy().tobytes())
+    for piece in sorted_hashes:
+        digest.update(piece.to_numpy().tobytes())
     return digest.hexdigest()
 
 
 def fingerprint(df: pl.DataFrame) -> dict[str, object]:
     """What a model was trained on: a content hash, counts and the date range."""
-    hashes = df.hash_rows(seed=0) if df.height else pl.Series([], dtype=pl.UInt64)
+    hashes = [df.hash_rows(seed=0).sort()] if df.height else []
     out: dict[str, object] = {"content_sha256": content_sha256(df.columns, hashes), "n_rows": df.height}
     if LABEL in df.columns:
         out["n_frauds"] = int(df[LABEL].sum() or 0)

@@ -192,6 +192,22 @@ def write_part(
     return part, inputs, rows.select(inputs).hash_rows(seed=0)
 
 
+def _entry(written: tuple[TablePart, list[str], pl.Series]) -> tuple[TablePart, list[str]]:
+    return written[0], written[1]
+
+
+def split_hashes(written: tuple[TablePart, list[str], pl.Series], ranges: int) -> dict[int, pl.Series]:
+    """A part's row hashes by range of value (``ranges`` equal ranges of the UInt64 line)."""
+    step = -(-(2**64) // max(ranges, 2))  # (one range of 2**64 would not fit an UInt64)
+    hashes = written[2]
+    which = (hashes // step).cast(pl.Int64)
+    return {int(r): hashes.filter(which == r) for r in which.unique()}
+
+
+def sort_range(key: int, pieces: list[pl.Series | None]) -> pl.Series:
+    return pl.concat([p for p in pieces if p is not None]).sort()
+
+
 def build(
     eng: compute.Engine,
     storage: Storage,
@@ -225,7 +241,7 @@ def build(
         (settings.features,),
         send=False,
     )
-    written = eng.exchange(
+    written = eng.exchange_futures(
         [by_customer.pop(k) for k in sorted(by_customer)],  # held nowhere else: released once split
         scaled.split_terminals,
         (buckets,),
@@ -233,9 +249,14 @@ def build(
         (settings.features, storage, folder),
         send=False,
     )
-    parts = [written[k][0] for k in sorted(written)]
-    columns = written[min(written)][1] if written else []
-    hashes = pl.concat([written[k][2] for k in sorted(written)]) if written else pl.Series(dtype=pl.UInt64)
+    entries = eng.client.gather([eng.client.submit(_entry, written[k]) for k in sorted(written)])
+    parts = [part for part, _ in entries]
+    columns = entries[0][1] if entries else []
+    # the content hash: the row hashes sorted range by range on the workers, fetched one range at a time
+    ranges = eng.exchange_futures(
+        [written.pop(k) for k in sorted(written)], split_hashes, (buckets,), sort_range, (), send=False
+    )
+    hashes = (eng.client.gather(ranges.pop(r)) for r in sorted(ranges))
     rows, frauds = sum(p.rows for p in parts), sum(p.frauds for p in parts)
     fingerprint: dict[str, object] = {"content_sha256": content_sha256(columns, hashes), "n_rows": rows}
     if LABEL in columns:
