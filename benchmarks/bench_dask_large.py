@@ -206,7 +206,7 @@ def main() -> int:
     from fraudops.modeling.train import fit_xgboost
     from fraudops.monitoring.stats import drift_table
     from fraudops.workspace import load_settings
-    from fraudops.workspace.layout import PROD_INPUTS
+    from fraudops.workspace.layout import FEATURE_TABLES, PROD_INPUTS
     from fraudops.workspace.storage import Storage
 
     tmp = None if args.workspace else tempfile.TemporaryDirectory(prefix="bench-dask-large-")
@@ -215,6 +215,7 @@ def main() -> int:
     settings = load_settings(str(ws))
     settings.compute.partition_rows = args.partition_rows
     storage = Storage(settings.workspace)
+    storage.delete(FEATURE_TABLES, recursive=True)  # measured from scratch (else reused, inputs unchanged)
     names = feature_names(settings.features)
     out: dict[str, Any] = {"customers": args.customers, "days": args.days, "workers": args.workers}
     out["memory_limit_mb"] = parse_bytes(args.memory_limit) / 2**20
