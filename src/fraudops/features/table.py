@@ -99,7 +99,7 @@ class FeatureTable:
         """The first and last day of its transactions."""
         starts = [p.start for p in self.manifest.parts if p.start is not None]
         ends = [p.end for p in self.manifest.parts if p.end is not None]
-        return min(starts).date(), max(ends).date()
+        return _day(min(starts)), _day(max(ends))
 
     def window(self, start: dt.date, end: dt.date, columns: list[str] | None = None) -> pl.DataFrame:
         """Its rows of the days ``start`` (inclusive) to ``end`` (exclusive), in (time, id) order."""
@@ -116,11 +116,9 @@ class FeatureTable:
         if new.height == 0 or self.rows == 0:
             return None
         times = new.get_column(TX_TIME)
-        first: dt.datetime = times.min()  # type: ignore[assignment]
-        last: dt.datetime = times.max()  # type: ignore[assignment]
-        start = first.date() - dt.timedelta(days=lookback_days(cfg) + 1)
+        start = _day(times.min()) - dt.timedelta(days=lookback_days(cfg) + 1)
         present = [c for c in HISTORY_COLUMNS if c in self.manifest.columns]
-        return self.window(start, last.date() + dt.timedelta(days=1), present)
+        return self.window(start, _day(times.max()) + dt.timedelta(days=1), present)
 
     def frauds_of(self, columns: list[str]) -> pl.DataFrame:
         """Its frauds (label 1), read a part at a time: what tells which cards are known to be compromised."""
@@ -129,6 +127,14 @@ class FeatureTable:
             for p in self.manifest.parts
         ]
         return pl.concat(frames, how="diagonal_relaxed").select(*columns, LABEL)
+
+
+def _day(value: object) -> dt.date:
+    """The day of a time value (a datetime, or a date already)."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    assert isinstance(value, dt.date), value
+    return value
 
 
 def _schema(storage: Storage, rel: str, columns: list[str] | None) -> pl.Schema:
@@ -156,7 +162,7 @@ def _read_days(
         for i in range(pf.metadata.num_row_groups):
             stats = pf.metadata.row_group(i).column(at).statistics
             unknown = stats is None or not stats.has_min_max
-            if unknown or (stats.max.date() >= start - margin and stats.min.date() < end + margin):
+            if unknown or (_day(stats.max) >= start - margin and _day(stats.min) < end + margin):
                 groups.append(i)
         if not groups:
             return pl.DataFrame()
