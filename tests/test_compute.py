@@ -70,6 +70,17 @@ def test_features_for_new_rows_over_history_equal_the_local_engine(
     assert_same(local, dist, FeaturesConfig())
 
 
+def test_features_for_a_bucket_at_a_time_equal_the_local_engine(tx: pl.DataFrame) -> None:
+    """A worker's look-back (batch scoring on the cluster): buckets computed one after the other."""
+    cut = tx["TX_DATETIME"].dt.date().unique().sort()[45]
+    history = tx.filter(pl.col("TX_DATETIME").dt.date() < cut)
+    new = tx.filter(pl.col("TX_DATETIME").dt.date() >= cut).drop("TX_FRAUD")
+    local = engine.features_for(new, history, FeaturesConfig())
+    bucketed = scaled.features_for_in_buckets(new, history, FeaturesConfig(), 3_000)
+    assert_same(local, bucketed, FeaturesConfig())
+    assert scaled.features_for_in_buckets(new, history, FeaturesConfig(), 10**9).equals(local)  # one bucket
+
+
 def test_without_a_session_features_run_here(tx: pl.DataFrame) -> None:
     assert compute.current() is None
     assert features.add_features(tx.head(500)).equals(engine.add_features(tx.head(500)))

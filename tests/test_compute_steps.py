@@ -24,10 +24,13 @@ from fraudops.batch.step import batch_step
 from fraudops.config import MonitorConfig, SimulateConfig
 from fraudops.context import StepContext
 from fraudops.data import simulate
+from fraudops.data.loading import fingerprint, load_folder
 from fraudops.data.schema import LABEL, SCENARIO
+from fraudops.features import table
 from fraudops.monitoring.stats import drift_table
+from fraudops.monitoring.step import monitor_step
 from fraudops.workspace import init_workspace
-from fraudops.workspace.layout import PREDICTIONS, PROD_INPUTS, RAW
+from fraudops.workspace.layout import CURRENT, DRIFT_CSV, FEATURE_TABLES, PREDICTIONS, PROD_INPUTS, RAW
 from fraudops.workspace.storage import Storage
 from helpers import dask_run_workspace, open_ws, train_register_promote, write_days
 
@@ -49,7 +52,7 @@ def tx_ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     train_register_promote(settings, storage)
     held = [(d, f.drop(LABEL, SCENARIO)) for d, f in days[-HELD_OUT:]]
     write_days(storage, settings, PROD_INPUTS, held)
-    return {"ws": ws}
+    return {"ws": ws, "labelled": days[-HELD_OUT:]}
 
 
 def _outputs(storage: Storage) -> dict[str, pl.DataFrame]:
@@ -76,6 +79,7 @@ def _run_batch(ws: Path, client: Client | None) -> dict[str, pl.DataFrame]:
 def test_batch_on_the_cluster_gives_the_local_predictions(dask_client: Client, tx_ws: dict[str, Any]) -> None:
     local = _run_batch(tx_ws["ws"], None)
     dist = _run_batch(tx_ws["ws"], dask_client)
+    assert (tx_ws["ws"] / FEATURE_TABLES / "history" / "table.json").exists()  # history built by the workers
     assert sorted(dist) == sorted(local) and len(local) == HELD_OUT
     for rel, frame in local.items():
         assert dist[rel].equals(frame), rel  # same rows, order, ids and identical probabilities
@@ -83,14 +87,15 @@ def test_batch_on_the_cluster_gives_the_local_predictions(dask_client: Client, t
 
 
 class KillWhileWriting(WorkerPlugin):
-    """A worker plugin: the first worker to start scoring a file kills itself (SIGKILL) once a hidden
-    temporary output is in the folder, i.e. in the middle of writing; the marker file keeps it to once."""
+    """A worker plugin: the first worker to start a ``task`` kills itself (SIGKILL) once a hidden
+    temporary output is in the folder (or below), i.e. in the middle of writing; the marker file keeps it
+    to once."""
 
-    def __init__(self, folder: str, marker: str) -> None:
-        self.folder, self.marker = folder, marker
+    def __init__(self, folder: str, marker: str, task: str = "score_partition") -> None:
+        self.folder, self.marker, self.task = folder, marker, task
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
-        if finish != "executing" or "score_partition" not in str(key):
+        if finish != "executing" or self.task not in str(key):
             return
         try:
             fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -103,7 +108,7 @@ class KillWhileWriting(WorkerPlugin):
     def _kill(self) -> None:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            if os.path.isdir(self.folder) and any(n.startswith(".") for n in os.listdir(self.folder)):
+            if any(n.startswith(".") for _, _, names in os.walk(self.folder) for n in names):
                 break
             time.sleep(0.001)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -146,6 +151,56 @@ def test_a_worker_killed_mid_batch_the_step_completes_and_leaves_no_partial_outp
         storage.delete(rel)
 
 
+def test_a_worker_killed_while_writing_a_feature_table_part_the_table_is_whole(
+    dask_client: Client, tx_ws: dict[str, Any]
+) -> None:
+    """Its part is rewritten by the rerun task (the lost work recomputed from the files), the killed
+    attempt's temporary removed: the table holds every row once, as loaded here."""
+    settings, storage = open_ws(tx_ws["ws"])
+    pids = set(dask_client.run(os.getpid).values())
+    marker = tx_ws["ws"].parent / "killed-table"
+    folder = tx_ws["ws"] / FEATURE_TABLES
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    dask_client.register_plugin(KillWhileWriting(str(folder), str(marker), "write_part"), name="kill")
+    try:
+        with compute.attach(dask_client, partition_rows=3_000) as eng:
+            built = table.build(eng, storage, settings, "killed", [RAW], labelled_only=True)
+    finally:
+        dask_client.unregister_worker_plugin("kill")
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert marker.exists() and int(marker.read_text()) in pids, "no worker was killed"
+    assert built.manifest.fingerprint == fingerprint(
+        load_folder(storage, [RAW], settings.data, labelled_only=True)
+    )
+    assert not [p for p in folder.rglob(".*")]
+
+
+def test_monitor_on_the_cluster_decides_as_the_local_engine(
+    dask_client: Client, tx_ws: dict[str, Any]
+) -> None:
+    """Labelled current data over the history table the workers built: the same features, drift,
+    performance (known-compromised cards left out from the table's frauds) and decision."""
+    settings, storage = open_ws(tx_ws["ws"])
+    write_days(storage, settings, CURRENT, tx_ws["labelled"][:2])
+    try:
+        local = monitor_step(StepContext(settings, storage))
+        local_drift = storage.read_frame(DRIFT_CSV)
+        with compute.attach(dask_client, partition_rows=3_000):
+            dist = monitor_step(StepContext(settings, storage))
+        dist_drift = storage.read_frame(DRIFT_CSV)
+    finally:
+        storage.delete(CURRENT, recursive=True)
+        storage.makedirs(CURRENT)
+    assert (tx_ws["ws"] / FEATURE_TABLES / "raw" / "table.json").exists()
+    assert local.performance_status != "no labelled data" and local.n_labelled > 0
+    skip = {"run_id", "monitored_at"}
+    assert dist.model_dump(exclude=skip) == local.model_dump(exclude=skip)
+    exact = [c for c, t in local_drift.schema.items() if not t.is_float()]
+    assert dist_drift.select(exact).equals(local_drift.select(exact))
+    for col in (c for c in local_drift.columns if c not in exact):
+        np.testing.assert_allclose(dist_drift[col].to_numpy(), local_drift[col].to_numpy(), rtol=1e-12)
+
+
 def test_drift_on_the_cluster_equals_the_local_statistics(dask_client: Client) -> None:
     rng = np.random.default_rng(0)
     names = [f"f{i}" for i in range(6)]
@@ -176,3 +231,6 @@ def test_fraudops_run_with_the_dask_engine(dask_client: Client, tmp_path: Path) 
     storage = Storage(str(ws))
     assert len(storage.ls(PREDICTIONS)) == 2
     assert storage.exists("prod_outputs/monitoring/retrain_decision.csv") or "SUCCEEDED" in proc.stdout
+    # the workers built the tables: train's labelled one (select_champion read it again), batch's history
+    assert len(storage.folders(f"{FEATURE_TABLES}/labelled")) == 1
+    assert storage.exists(f"{FEATURE_TABLES}/history/table.json")

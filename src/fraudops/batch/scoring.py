@@ -78,6 +78,8 @@ from fraudops.data.reading import duplicate_names, read_table, reading
 from fraudops.data.schema import LABEL, ROW_ERROR, SCENARIO, TX_ID, TX_TIME, role_columns
 from fraudops.data.validation import validate
 from fraudops.errors import DataValidationError, Problem
+from fraudops.features import scaled
+from fraudops.features.table import FeatureTable
 from fraudops.modeling.explain import TOP, Explainer
 from fraudops.modeling.model import FraudModel
 from fraudops.workspace.layout import PREDICTIONS
@@ -348,7 +350,7 @@ class _Context:
     model: FraudModel
     version: int
     scored_at: dt.datetime
-    history: pl.DataFrame | None
+    history: pl.DataFrame | FeatureTable | None
     explainer: Explainer | None
 
     @property
@@ -363,7 +365,14 @@ def _inputs(valid: pl.DataFrame, plan: _Plan, ctx: _Context) -> np.ndarray:
     if valid.height == 0:
         return np.empty((0, len(ctx.model.feature_names)), np.float32)
     new = valid.drop(ROW_ERROR, *([] if plan.id_column else [TX_ID]), strict=False)
-    featured = features.features_for(new, ctx.history, ctx.settings.features)
+    settings = ctx.settings
+    if isinstance(ctx.history, FeatureTable):  # on a worker: only these rows' look-back, a bucket at a time
+        back = ctx.history.lookback(new, settings.features)
+        featured = scaled.features_for_in_buckets(
+            new, back, settings.features, settings.compute.partition_rows
+        )
+    else:
+        featured = features.features_for(new, ctx.history, settings.features)
     return _matrix(featured, ctx.model.feature_names)
 
 
@@ -440,7 +449,7 @@ def score_file(
     *,
     version: int,
     scored_at: dt.datetime | None = None,
-    history: pl.DataFrame | None = None,
+    history: pl.DataFrame | FeatureTable | None = None,
     progress: Progress | None = None,
     explainer: Explainer | None = None,
 ) -> FileScore:

@@ -13,8 +13,10 @@ from fraudops import compute, features
 from fraudops.batch.scoring import FileScore, score_file
 from fraudops.config import Settings
 from fraudops.context import Progress, StepContext, StepResult
-from fraudops.data.loading import load_history, table_files
+from fraudops.data.loading import table_files
 from fraudops.errors import FraudopsError, StorageError
+from fraudops.features import table
+from fraudops.features.table import FeatureTable
 from fraudops.modeling.explain import Explainer
 from fraudops.modeling.model import FraudModel
 from fraudops.modeling.registry import champion
@@ -62,7 +64,7 @@ def score_partition(
     settings: Settings,
     version: int,
     scored_at: dt.datetime,
-    history: pl.DataFrame | None,
+    history: pl.DataFrame | FeatureTable | None,
     progress: Progress | None,
     explainer: Explainer | None = None,
 ) -> tuple[FileScore | None, str | None]:
@@ -111,10 +113,10 @@ def batch_step(ctx: StepContext) -> BatchResult:
                 f"champion version {version} needs features the features configuration does not produce: "
                 f"{', '.join(unknown)}"
             )
-    history = None
+    history: pl.DataFrame | FeatureTable | None = None
     if settings.data.kind == "transactions":
-        loaded = load_history(storage, settings)
-        history = loaded if loaded.height else None
+        loaded = table.history(storage, settings)  # on the Dask engine, built by the workers
+        history = loaded if (loaded.rows if isinstance(loaded, FeatureTable) else loaded.height) else None
     explainer = Explainer(model) if settings.batch.reasons != "off" else None
     scored_at = dt.datetime.now(dt.UTC)
     results: list[FileScore] = []

@@ -125,19 +125,43 @@ class Engine:
 
     def exchange(
         self,
-        inputs: Sequence[T],
+        inputs: Sequence[Any],
         split: Callable[..., dict[K, Any]],
         split_args: tuple[Any, ...],
         combine: Callable[..., R],
         combine_args: tuple[Any, ...],
+        *,
+        send: bool = True,
     ) -> dict[K, R]:
         """A hash shuffle: ``split(input, *split_args)`` runs per input and gives ``{key: piece}``;
         then ``combine(key, pieces, *combine_args)`` runs once per key with every input's piece of it.
 
-        Inputs are sent to the workers once; pieces move worker to worker, never through this process.
+        ``send``: the inputs (frames) are sent to the workers once first; else they are small descriptions
+        (files to read) or futures of an earlier :meth:`exchange_futures`, given to the split tasks as they
+        are (a task lost with its worker is then recomputed from them). Pieces move worker to worker, never
+        through this process.
         """
-        sent = self.client.scatter(list(inputs), hash=False)
-        splits = [self.client.submit(split, s, *split_args, key=self._key("split"), pure=False) for s in sent]
+        combined = self.exchange_futures(inputs, split, split_args, combine, combine_args, send=send)
+        del inputs  # futures of an earlier exchange: their data is released once split (if not held)
+        results = self.client.gather(list(combined.values()))
+        return dict(zip(combined, results, strict=True))
+
+    def exchange_futures(
+        self,
+        inputs: Sequence[Any],
+        split: Callable[..., dict[K, Any]],
+        split_args: tuple[Any, ...],
+        combine: Callable[..., Any],
+        combine_args: tuple[Any, ...],
+        *,
+        send: bool = True,
+    ) -> dict[K, Future]:
+        """:meth:`exchange` whose results stay on the workers (futures, to feed a next exchange)."""
+        sent = self.client.scatter(list(inputs), hash=False) if send else list(inputs)
+        split_name, combine_name = (getattr(fn, "__name__", "task") for fn in (split, combine))
+        splits = [
+            self.client.submit(split, s, *split_args, key=self._key(split_name), pure=False) for s in sent
+        ]
         key_lists = self.client.gather(
             [self.client.submit(_keys, f, key=self._key("keys"), pure=False) for f in splits]
         )
@@ -150,10 +174,9 @@ class Engine:
                 if k in ks
             ]
             combined[k] = self.client.submit(
-                combine, k, pieces, *combine_args, key=self._key("combine"), pure=False
+                combine, k, pieces, *combine_args, key=self._key(combine_name), pure=False
             )
-        results = self.client.gather(list(combined.values()))
-        return dict(zip(combined, results, strict=True))
+        return combined
 
     def _arrays(self, x: np.ndarray, y: np.ndarray) -> tuple[Array, Array]:
         """``x`` and ``y`` as Dask arrays of row blocks (at most ``partition_rows``, at least one per worker),
@@ -201,6 +224,29 @@ class Engine:
         return clf.get_booster(), best
 
 
+def register_polars_sizes() -> None:
+    """Dask's memory accounting sees polars frames at their size (it takes them for ~56 bytes otherwise,
+    so a worker would not know how much its shuffle pieces weigh when it decides what to spill)."""
+    import polars as pl
+    from dask.sizeof import sizeof
+
+    sizeof.register(pl.DataFrame)(lambda df: int(df.estimated_size()))
+    sizeof.register(pl.Series)(lambda s: int(s.estimated_size()))
+
+
+def _sizes_plugin() -> Any:
+    """A worker plugin running :func:`register_polars_sizes` on every worker, also one started later."""
+    from distributed import WorkerPlugin
+
+    class PolarsSizes(WorkerPlugin):
+        name = "fraudops-polars-sizes"
+
+        def setup(self, worker: Any) -> None:
+            register_polars_sizes()
+
+    return PolarsSizes()
+
+
 def current() -> Engine | None:
     """The engine of the running command's session, None = compute here (``compute.engine: local``)."""
     return _CURRENT.get()
@@ -209,6 +255,8 @@ def current() -> Engine | None:
 @contextlib.contextmanager
 def attach(client: Client, partition_rows: int = ComputeConfig().partition_rows) -> Iterator[Engine]:
     """Use an existing client (tests, benchmarks, an embedding application) for the block."""
+    register_polars_sizes()
+    client.register_plugin(_sizes_plugin())
     engine = Engine(client, partition_rows)
     token = _CURRENT.set(engine)
     try:

@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 
 from fraudops.config import DataConfig, Settings
-from fraudops.data.reading import header, read_table
+from fraudops.data.reading import header, read_table, reading
 from fraudops.data.schema import CUSTOMER, LABEL, TERMINAL, TX_ID, TX_TIME, role_columns
 from fraudops.data.validation import Validated, validate
 from fraudops.errors import DataValidationError, Problem, StorageError
@@ -146,12 +146,9 @@ def load_folder(
             else:
                 ref = _layout(first[1], cfg)
                 problems += _compare(storage.uri(rel), _layout(v, cfg), posixpath.basename(first[0]), ref)
-            frame = v.valid
-            if labelled_only:
-                if LABEL not in frame.columns:
-                    continue
-                frame = frame.filter(pl.col(LABEL).is_not_null())
-            frames.append(frame)
+            frame = piece_rows(v, labelled_only=labelled_only)
+            if frame is not None:
+                frames.append(frame)
     if problems:
         raise DataValidationError(problems)
     if first is not None and cfg.kind == "features":
@@ -170,6 +167,106 @@ def load_folder(
     return df
 
 
+# ------------------------------------------------------------------------------ pieces, read on workers
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """A part of a folder's data that one task reads: a file, or one row group of a Parquet file."""
+
+    rel: str
+    row_group: int | None
+    """None = the whole file."""
+    rows: int | None
+    """From the Parquet footer (None for CSV: known once read)."""
+    index: int
+    """The piece's place in :func:`load_folder`'s file order (later pieces win a repeated id)."""
+
+
+def list_pieces(storage: Storage, folders: Iterable[str]) -> list[Piece]:
+    """The pieces of the folders' files, from their names and Parquet footers only (nothing else read)."""
+    import pyarrow.parquet as pq
+
+    pieces: list[Piece] = []
+    for folder in folders:
+        for rel in table_files(storage, folder):
+            if not rel.lower().endswith(".parquet"):
+                pieces.append(Piece(rel, None, None, len(pieces)))
+                continue
+            with reading(storage.uri(rel)), storage.open_read(rel) as f:
+                meta = pq.ParquetFile(f).metadata
+            groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            if len(groups) <= 1:
+                pieces.append(Piece(rel, None, meta.num_rows, len(pieces)))
+            else:
+                pieces += [Piece(rel, i, n, len(pieces) + i) for i, n in enumerate(groups)]
+    return pieces
+
+
+def read_piece(storage: Storage, piece: Piece, cfg: DataConfig) -> Validated:
+    """A piece read and validated as :func:`load_table` does a file (a row group as part of its file)."""
+    if piece.row_group is None:
+        return load_table(storage, piece.rel, cfg)
+    import pyarrow.parquet as pq
+
+    uri = storage.uri(piece.rel)
+    with reading(uri), storage.open_read(piece.rel) as f:
+        df = pl.from_arrow(pq.ParquetFile(f).read_row_group(piece.row_group))
+    assert isinstance(df, pl.DataFrame)
+    return validate(df, cfg, uri, partial=True)
+
+
+def piece_rows(v: Validated, *, labelled_only: bool) -> pl.DataFrame | None:
+    """The rows a validated piece (or file) adds to :func:`load_folder`'s table (None: a file without
+    labels when only labelled rows are wanted, whose columns must not join the table either)."""
+    frame = v.valid
+    if labelled_only:
+        return frame.filter(pl.col(LABEL).is_not_null()) if LABEL in frame.columns else None
+    return frame
+
+
+@dataclasses.dataclass
+class Survey:
+    """What the command's process needs of a piece read on a worker: its problems, layout and size."""
+
+    problems: list[Problem]
+    layout: _Layout | None
+    rows: int
+
+
+def survey_piece(piece: Piece, storage: Storage, cfg: DataConfig, *, labelled_only: bool) -> Survey:
+    """A piece read and validated where it runs (a worker): the rows stay there."""
+    v = read_piece(storage, piece, cfg)
+    if v.file_problems:
+        return Survey(v.problems, None, 0)
+    rows = piece_rows(v, labelled_only=labelled_only)
+    return Survey(v.problems, _layout(v, cfg), 0 if rows is None else rows.height)
+
+
+def check_surveys(storage: Storage, pieces: list[Piece], surveys: list[Survey], cfg: DataConfig) -> int:
+    """:func:`load_folder`'s checks on pieces surveyed elsewhere (a file's row groups report as the file):
+    a :class:`DataValidationError` with every problem, or the number of rows the pieces hold."""
+    merged: dict[tuple[str, str | None, str], Problem] = {}
+    for p in (p for s in surveys for p in s.problems):
+        key = (p.file, p.column, p.message)
+        if key in merged:
+            old = merged[key]
+            examples = (old.examples + p.examples)[:3]  # a file reports its first three
+            merged[key] = Problem(p.file, p.column, p.message, old.n_rows + p.n_rows, examples)
+        else:
+            merged[key] = p
+    problems = list(merged.values())
+    laid = [(piece, s.layout) for piece, s in zip(pieces, surveys, strict=True) if s.layout is not None]
+    if laid:
+        first, ref = laid[0]
+        for piece, layout in laid[1:]:
+            if piece.rel != first.rel:
+                problems += _compare(storage.uri(piece.rel), layout, posixpath.basename(first.rel), ref)
+    if problems:
+        raise DataValidationError(problems)
+    return sum(s.rows for s in surveys)
+
+
 def load_labelled(storage: Storage, settings: Settings) -> pl.DataFrame:
     """Labelled history: data/raw plus labelled current data, so retraining sees the newest labels."""
     return load_folder(storage, [RAW, CURRENT], settings.data, labelled_only=True)
@@ -180,13 +277,20 @@ def load_history(storage: Storage, settings: Settings) -> pl.DataFrame:
     return load_folder(storage, [RAW, CURRENT], settings.data, labelled_only=False)
 
 
+def content_sha256(columns: list[str], sorted_hashes: Iterable[pl.Series]) -> str:
+    """A table's content hash from its column names and its rows' ``hash_rows(seed=0)`` sorted, given as
+    consecutive sorted pieces (a table hashed range by range on a cluster hashes as the table read whole)."""
+    digest = hashlib.sha256()
+    digest.update(",".join(columns).encode())
+    for piece in sorted_hashes:
+        digest.update(piece.to_numpy().tobytes())
+    return digest.hexdigest()
+
+
 def fingerprint(df: pl.DataFrame) -> dict[str, object]:
     """What a model was trained on: a content hash, counts and the date range."""
-    digest = hashlib.sha256()
-    digest.update(",".join(df.columns).encode())
-    if df.height:
-        digest.update(df.hash_rows(seed=0).sort().to_numpy().tobytes())
-    out: dict[str, object] = {"content_sha256": digest.hexdigest(), "n_rows": df.height}
+    hashes = [df.hash_rows(seed=0).sort()] if df.height else []
+    out: dict[str, object] = {"content_sha256": content_sha256(df.columns, hashes), "n_rows": df.height}
     if LABEL in df.columns:
         out["n_frauds"] = int(df[LABEL].sum() or 0)
     if TX_TIME in df.columns and df.height:

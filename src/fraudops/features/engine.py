@@ -27,11 +27,11 @@ from fraudops.features.definitions import (
     lookback_days,
 )
 
-__all__ = ["add_features", "features_for", "local_windows", "partition_windows"]
+__all__ = ["add_features", "features_for", "local_windows", "narrow", "partition_windows", "with_windows"]
 
 # internal column names (cannot clash with users' columns that matter: only these are computed on)
 _I, _T, _C, _M, _A, _Y, _ONE = "__fo_i", "__fo_t", "__fo_c", "__fo_m", "__fo_a", "__fo_y", "__fo_one"
-_NEW, _K, _B, _P = "__fo_new", "__fo_key", "__fo_batch", "__fo_pair"
+_K, _B, _P = "__fo_key", "__fo_batch", "__fo_pair"
 # what a scaled computation's partitions carry besides the narrow columns: the row's position, and whether
 # the row is the partition's own (else look-back only)
 ROW, OWN = "__fo_row", "__fo_own"
@@ -74,6 +74,11 @@ def _narrow(tx: pl.DataFrame) -> pl.DataFrame:
         pl.col(AMOUNT).cast(pl.Float64).alias(_A),
         label.alias(_Y),
     )
+
+
+def narrow(tx: pl.DataFrame) -> pl.DataFrame:
+    """The narrow columns of validated rows (a scaled computation builds its partitions from them)."""
+    return _narrow(_as_frame(tx, "transactions"))
 
 
 def _int(value: object) -> int:
@@ -255,13 +260,15 @@ def _hstacked(parts: list[pl.DataFrame]) -> pl.DataFrame:
 
 
 Windows = Callable[[pl.DataFrame, FeaturesConfig], pl.DataFrame]
-"""(narrow rows, cfg) → the customer and terminal window columns of those rows, in their order."""
+"""(narrow rows, cfg) → the customer and terminal window columns of those rows, in their order; only of
+the rows whose ``OWN`` is true when ``narrow`` has that column (the others are look-back only)."""
 
 
 def local_windows(narrow: pl.DataFrame, cfg: FeaturesConfig) -> pl.DataFrame:
-    """Every window feature of ``narrow``'s rows in this process."""
+    """Every window feature of ``narrow``'s (own) rows in this process."""
     base, stride = _base(narrow, cfg)
-    return _hstacked([*_customer_parts(base, cfg, stride), _terminal_features(base, cfg, stride)])
+    out = _hstacked([*_customer_parts(base, cfg, stride), _terminal_features(base, cfg, stride)])
+    return out.filter(narrow.get_column(OWN)) if OWN in narrow.columns else out
 
 
 def partition_windows(part: pl.DataFrame, cfg: FeaturesConfig, entity: str) -> pl.DataFrame:
@@ -284,19 +291,28 @@ def partition_windows(part: pl.DataFrame, cfg: FeaturesConfig, entity: str) -> p
 
 
 def _compute(narrow: pl.DataFrame, cfg: FeaturesConfig, windows: Windows | None = None) -> pl.DataFrame:
-    """Feature columns (feature_names order) for the rows of ``narrow``, in its order."""
+    """Feature columns (feature_names order) for the rows of ``narrow`` (those with ``OWN`` set, if it has
+    that column), in its order."""
     check_windows(cfg)
     out = narrow.select(
         pl.col(_A).alias(AMOUNT),
         (pl.col(_T).dt.weekday() >= 6).cast(pl.Int8).alias("TX_DURING_WEEKEND"),
         (pl.col(_T).dt.hour() <= 6).cast(pl.Int8).alias("TX_DURING_NIGHT"),
     )
+    if OWN in narrow.columns:
+        out = out.filter(narrow.get_column(OWN))
     return out.hstack((windows or local_windows)(narrow, cfg)).select(feature_names(cfg))
 
 
 def _attach(tx: pl.DataFrame, feats: pl.DataFrame) -> pl.DataFrame:
     keep = [c for c in tx.columns if c == AMOUNT or c not in feats.columns]
     return tx.select(keep).with_columns(pl.col(AMOUNT).cast(pl.Float64)).hstack(feats.drop(AMOUNT))
+
+
+def with_windows(tx: pl.DataFrame, windows: pl.DataFrame, cfg: FeaturesConfig) -> pl.DataFrame:
+    """:func:`add_features` of ``tx`` whose window columns were computed elsewhere (``windows``, in ``tx``'s
+    row order: a scaled computation's partitions); the other features and the columns as here."""
+    return _attach(tx, _compute(_narrow(tx), cfg, lambda _narrow_rows, _cfg: windows))
 
 
 def add_features(
@@ -342,10 +358,9 @@ def features_for(
     hist_narrow = hist_narrow.filter(pl.col(_T) > since)
     union = pl.concat(
         [
-            hist_narrow.with_columns(pl.lit(False).alias(_NEW)),
-            new_narrow.with_columns(pl.lit(True).alias(_NEW)),
+            hist_narrow.with_columns(pl.lit(False).alias(OWN)),  # look-back only
+            new_narrow.with_columns(pl.lit(True).alias(OWN)),
         ],
         how="vertical_relaxed",
     )
-    feats = _compute(union.drop(_NEW), cfg, windows).filter(union.get_column(_NEW))
-    return _attach(new, feats)
+    return _attach(new, _compute(union, cfg, windows))

@@ -21,6 +21,7 @@ from fraudops import features
 from fraudops.config import Settings, TrainConfig
 from fraudops.data.schema import LABEL, TX_TIME
 from fraudops.errors import FraudopsError
+from fraudops.features.table import FeatureTable
 from fraudops.modeling import evaluate
 
 
@@ -106,6 +107,14 @@ def split_transactions(df: pl.DataFrame, settings: Settings, *, latest: bool = F
     return _cut(featured, w, cfg)
 
 
+def split_feature_table(table: FeatureTable, settings: Settings, *, latest: bool = False) -> Split:
+    """:func:`split_transactions` of a feature table built on the cluster: only the windows' rows are read
+    (their features were computed over the whole history, the same to ~1e-12)."""
+    cfg = settings.train.model_copy(update={"train_start": None}) if latest else settings.train
+    w = plan_windows(*table.days, cfg)
+    return _cut(table.window(w["train_start"], w["test_end"]), w, cfg)
+
+
 def fold_windows(first: dt.date, last: dt.date, cfg: TrainConfig, folds: int) -> list[dict[str, dt.date]]:
     """Prequential folds, latest first: each the train | delay | test windows of ``cfg``, its "test" (the
     fold's assessment window) ending ``cfg.test_days`` later than the next fold's; the latest one's ends
@@ -177,7 +186,9 @@ def split_table(df: pl.DataFrame, cfg: TrainConfig) -> Split:
     return Split(fit, valid, test, windows, n_valid_days=1.0)
 
 
-def split(df: pl.DataFrame, settings: Settings, *, latest: bool = False) -> Split:
+def split(df: pl.DataFrame | FeatureTable, settings: Settings, *, latest: bool = False) -> Split:
+    if isinstance(df, FeatureTable):
+        return split_feature_table(df, settings, latest=latest)
     if settings.data.kind == "transactions":
         return split_transactions(df, settings, latest=latest)
     return split_table(df, settings.train)

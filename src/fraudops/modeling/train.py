@@ -20,9 +20,11 @@ from fraudops import compute, features
 from fraudops.compute import Engine
 from fraudops.config import Settings, TrainConfig
 from fraudops.context import StepContext, StepResult
-from fraudops.data.loading import fingerprint, load_labelled
+from fraudops.data.loading import fingerprint
 from fraudops.data.schema import CUSTOMER, LABEL, TX_TIME, model_inputs
 from fraudops.errors import FraudopsError
+from fraudops.features import table
+from fraudops.features.table import FeatureTable
 from fraudops.modeling import calibration, evaluate, plots, tuned
 from fraudops.modeling.explain import DELAY, USUAL, usual_values
 from fraudops.modeling.model import FraudModel, LogisticModel, XGBoostModel
@@ -54,8 +56,8 @@ class Trained:
     seconds: float
 
 
-def input_names(df: pl.DataFrame, settings: Settings) -> list[str]:
-    if settings.data.kind == "transactions":
+def input_names(df: pl.DataFrame | FeatureTable, settings: Settings) -> list[str]:
+    if settings.data.kind == "transactions" or isinstance(df, FeatureTable):
         return features.feature_names(settings.features)
     return model_inputs(df, settings.data)
 
@@ -232,17 +234,24 @@ def fit_candidate(
     return refit, p_val
 
 
-def train_models(df: pl.DataFrame, settings: Settings) -> Trained:
-    """Fit every candidate, pick the best on validation, refit on the training window, test it."""
+def train_models(df: pl.DataFrame | FeatureTable, settings: Settings) -> Trained:
+    """Fit every candidate, pick the best on validation, refit on the training window, test it.
+
+    ``df``: the labelled rows, or (Dask engine) the feature table the cluster built of them."""
     started = time.perf_counter()
     cfg = settings.train
-    if df.height == 0 or LABEL not in df.columns:
+    if isinstance(df, FeatureTable):
+        rows, frauds = df.rows, df.frauds
+    else:
+        rows = df.height if LABEL in df.columns else 0
+        frauds = int(df[LABEL].sum() or 0) if rows else 0
+    if rows == 0:
         raise FraudopsError(
             "no labelled data: add labelled files to data/raw/ (fraudops data import / simulate)"
         )
-    if df[LABEL].n_unique() < 2:
+    if frauds in (0, rows):
         raise FraudopsError(
-            f"the labelled data has one class only ({LABEL} = {df[LABEL][0]}): both are needed"
+            f"the labelled data has one class only ({LABEL} = {int(frauds > 0)}): both are needed"
         )
     parts = split(df, settings)
     names = input_names(df, settings)
@@ -293,7 +302,7 @@ def train_models(df: pl.DataFrame, settings: Settings) -> Trained:
     if settings.data.kind == "transactions":
         model.info[DELAY] = settings.features.delay_days
     data = {
-        "fingerprint": fingerprint(df),
+        "fingerprint": df.manifest.fingerprint if isinstance(df, FeatureTable) else fingerprint(df),
         "rows": {"fit": parts.fit.height, "valid": parts.valid.height, "test": parts.test.height},
         "frauds": {
             "fit": int(y_fit.sum()),
@@ -417,8 +426,7 @@ def train_step(ctx: StepContext) -> TrainResult:
     """The pipeline's train step: labelled data in, a tracked MLflow run out."""
     client(ctx.settings)  # fail fast on an unreachable tracking server, before any work
     settings, tuned_params = tuned.apply(ctx.settings, ctx.storage)
-    df = load_labelled(ctx.storage, settings)
-    trained = train_models(df, settings)
+    trained = train_models(table.labelled(ctx.storage, settings), settings)
     run_id = log_training(
         trained, settings, execution_id=ctx.execution_id, parent_run_id=ctx.parent_run_id, tuned=tuned_params
     )

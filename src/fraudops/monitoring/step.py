@@ -28,9 +28,10 @@ from fraudops import features
 from fraudops.config import Settings
 from fraudops.context import StepContext, StepResult
 from fraudops.data.capture import CAPTURED_AT, load_captured
-from fraudops.data.loading import load_folder, load_table, table_files
-from fraudops.data.schema import LABEL, ROLES, ROW_ERROR, TX_ID, TX_TIME
+from fraudops.data.loading import load_table, table_files
+from fraudops.data.schema import CUSTOMER, LABEL, ROLES, ROW_ERROR, TX_ID, TX_TIME
 from fraudops.errors import DataValidationError, Problem
+from fraudops.features import table
 from fraudops.modeling import evaluate
 from fraudops.modeling.model import FraudModel
 from fraudops.modeling.registry import champion
@@ -190,10 +191,15 @@ def _judge(
     )
     transactions = settings.data.kind == "transactions"
     rows = _combine(current, production, [TX_ID] if transactions else names)
-    history = None
+    history: pl.DataFrame | None = None  # data/raw/'s rows, or (Dask engine) the frauds among them
     if transactions and rows.height:
-        history = load_folder(storage, [layout.RAW], settings.data, labelled_only=False)
-        rows = features.features_for(rows, history if history.height else None, settings.features)
+        loaded = table.raw_history(storage, settings)  # on the Dask engine, built by the workers
+        if isinstance(loaded, table.FeatureTable):
+            back = loaded.lookback(rows, settings.features)
+            history = loaded.frauds_of([TX_ID, CUSTOMER, TX_TIME]) if loaded.rows else None
+        else:
+            back = history = loaded if loaded.height else None
+        rows = features.features_for(rows, back, settings.features)
     if cfg.production != "prod_inputs":
         rows = with_captured(rows, load_captured(storage), names)
     judged = _newer(rows, ref, reference.seen_rows(storage, version), names)

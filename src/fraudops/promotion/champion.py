@@ -16,9 +16,9 @@ from pydantic import Field
 
 from fraudops.config import RegistryConfig, Settings
 from fraudops.context import StepContext, StepResult
-from fraudops.data.loading import load_labelled
 from fraudops.data.schema import LABEL
 from fraudops.errors import FraudopsError
+from fraudops.features import table
 from fraudops.modeling import evaluate
 from fraudops.modeling.model import FraudModel
 from fraudops.modeling.registry import load_version
@@ -94,8 +94,9 @@ class Window:
     test), whole (the drift reference: production data has those cards), and the labelled data it is from."""
 
     def __init__(self, settings: Settings, storage: Storage) -> None:
-        self.labelled = load_labelled(storage, settings)
-        if self.labelled.height == 0:
+        self.labelled = table.labelled(storage, settings)  # on the Dask engine, the table train built
+        n = self.labelled.rows if isinstance(self.labelled, table.FeatureTable) else self.labelled.height
+        if n == 0:
             raise FraudopsError(
                 "no labelled data to compare models on (data/raw/, monitoring_inputs/current_data/)"
             )

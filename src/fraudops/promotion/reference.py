@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from fraudops.config import Settings
 from fraudops.data.schema import CUSTOMER, LABEL, TX_TIME
 from fraudops.errors import FraudopsError
+from fraudops.features.table import FeatureTable
 from fraudops.modeling.model import FraudModel
 from fraudops.workspace.layout import REFERENCE_DIR
 from fraudops.workspace.storage import Storage
@@ -68,7 +69,7 @@ def write(
     window: pl.DataFrame,
     metrics: dict[str, float],
     windows: dict[str, str],
-    labelled: pl.DataFrame,
+    labelled: pl.DataFrame | FeatureTable,
 ) -> Reference:
     """The version's held-out features and scores (the whole window, as production sees it), its test
     metrics (known-compromised cards removed) and, for the features kind, the rows it has seen."""
@@ -77,7 +78,7 @@ def write(
     base = folder(version)
     storage.remove_leftovers(REFERENCE_DIR)
     storage.write_frame(f"{base}/{DATA}", window.select(keep).with_columns(pl.Series(SCORE, scores)))
-    if settings.data.kind == "features":
+    if settings.data.kind == "features" and isinstance(labelled, pl.DataFrame):  # (no table: transactions)
         seen = row_hashes(labelled, model.feature_names).unique().sort()
         storage.write_frame(f"{base}/{SEEN}", seen.to_frame())
     start, end = _span(window)

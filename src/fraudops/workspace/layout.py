@@ -17,6 +17,10 @@ VERDICTS = "monitoring_inputs/verdicts/verdicts.parquet"
 VERDICT_LABELS = f"{CURRENT}/analyst_verdicts.parquet"
 """The verdicts as labelled transactions: current data that monitoring and retraining count as labels."""
 
+FEATURE_TABLES = "data/features"
+"""Feature tables built on a Dask cluster: ``<name>/<generation>/part-NNNNN.parquet`` and
+``<name>/table.json`` (:mod:`fraudops.features.table`)."""
+
 # training, registry and batch outputs
 PREDICTIONS = "prod_outputs/predictions"
 CAPTURE = "prod_outputs/capture"

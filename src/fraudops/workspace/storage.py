@@ -121,6 +121,17 @@ class Storage:
             out.append(posixpath.join(rel.strip("/"), name))
         return sorted(out)
 
+    def folders(self, rel: str) -> list[str]:
+        """Workspace-relative paths of the folders directly in a folder, sorted."""
+        base = self._fresh(self.path(rel))
+        if not self.fs.isdir(base):
+            return []
+        return sorted(
+            posixpath.join(rel.strip("/"), posixpath.basename(info["name"].rstrip("/")))
+            for info in self.fs.ls(base, detail=True)
+            if info["type"] == "directory"
+        )
+
     def find(self, rel: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
         """Workspace-relative paths of the files in a folder and below it, sorted; hidden names skipped."""
         base = self._fresh(self.path(rel))
