@@ -88,8 +88,11 @@ def study_trials(ws: Path) -> list[optuna.trial.FrozenTrial]:
     from optuna.storages.journal import JournalFileBackend
 
     storage = JournalStorage(JournalFileBackend(str(ws / TUNE_JOURNAL)))
-    (summary,) = optuna.get_all_study_summaries(storage)
-    return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False)
+    summaries = optuna.get_all_study_summaries(storage)  # none while a new process has only opened the file
+    assert len(summaries) <= 1, [s.study_name for s in summaries]
+    if not summaries:
+        return []
+    return optuna.load_study(study_name=summaries[0].study_name, storage=storage).get_trials(deepcopy=False)
 
 
 # ------------------------------------------------------------------------------------------- folds
