@@ -14,7 +14,8 @@ do it with ``compute.engine: dask``:
   table.build`: pieces read on the workers, shuffled by customer then terminal, parts written there), then
   training's windows read from it (:func:`fraudops.modeling.splits.split`) into this process;
 - **batch**: a small XGBoost model fitted here on (a sample of) the fit window; the history table built by
-  the workers; every prod_inputs/ file scored by a task that reads only its look-back from the table;
+  the workers; the prod_inputs/ files' valid rows read by the workers (each file's view of the others);
+  every file scored by a task that reads only its look-back from the table;
 - **drift**: the validation window as reference, the labelled table's last 7 days as current, one task
   per feature column (:func:`fraudops.monitoring.stats.drift_table`).
 
@@ -200,7 +201,7 @@ def main() -> int:
     from distributed import Client
 
     from fraudops import compute
-    from fraudops.batch.step import score_partition
+    from fraudops.batch.step import peer_history, score_partition
     from fraudops.features import feature_names, table
     from fraudops.modeling.splits import split
     from fraudops.modeling.train import fit_xgboost
@@ -245,11 +246,17 @@ def main() -> int:
             out["scored_rows"] = sum(pq.ParquetFile(storage.path(f)).metadata.num_rows for f in files)
 
             def batch() -> None:
+                peers = peer_history(files, storage, model, settings, eng)
                 done = eng.map(
                     score_partition,
                     files,
                     storage,
-                    shared={"model": model.with_threads(1), "history": history, "explainer": None},
+                    shared={
+                        "model": model.with_threads(1),
+                        "history": history,
+                        "peers": peers,
+                        "explainer": None,
+                    },
                     settings=settings,
                     version=1,
                     scored_at=dt.datetime.now(dt.UTC),

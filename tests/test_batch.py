@@ -17,7 +17,7 @@ import pytest
 from fraudops import features
 from fraudops.batch import scoring
 from fraudops.batch.scoring import OUTPUT_COLUMNS, output_name, rejects_name
-from fraudops.batch.step import BatchError
+from fraudops.batch.step import BatchError, peer_history
 from fraudops.batch.step import batch_step as run_batch_step
 from fraudops.config import Settings, SimulateConfig
 from fraudops.context import StepContext
@@ -121,7 +121,8 @@ def test_transactions_outputs_columns_and_predictions(tx_ws):
         assert set(f) >= {"input", "output", "rows", "flagged", "rejected"}
 
     history = load_history(storage, settings)
-    for (day, frame), suffix in ((d1, f1), ".parquet"), ((d2, f2), ".csv"):
+    canonical = {day: validate(frame, settings.data, "x").valid for day, frame in ((d1, f1), (d2, f2))}
+    for (day, frame), suffix, other in (((d1, f1), ".parquet", d2), ((d2, f2), ".csv", d1)):
         result = storage.read_frame(f"{PREDICTIONS}/{day}.out{suffix}")
         inputs = [c for c in frame.columns if c != "TRANSACTION_ID"]
         assert result.columns == ["TRANSACTION_ID", *inputs, *OUTPUT_COLUMNS]
@@ -129,12 +130,49 @@ def test_transactions_outputs_columns_and_predictions(tx_ws):
         assert result["TRANSACTION_ID"].to_list() == frame["TRANSACTION_ID"].to_list()
         assert result["model_version"].unique().to_list() == [version]
         assert result["scored_at"].n_unique() == 1
-        # the same numbers as the model on the same rows, features over the same history
-        canonical = validate(frame, settings.data, "x").valid
-        expected = model.predict_proba(features.features_for(canonical, history, settings.features))
+        # the same numbers as the model on the same rows, features over the history and the other file
+        seen = pl.concat([history, canonical[other]], how="diagonal_relaxed")
+        expected = model.predict_proba(features.features_for(canonical[day], seen, settings.features))
         np.testing.assert_allclose(result["fraud_probability"].to_numpy(), expected, rtol=1e-6, atol=1e-7)
         assert (result["is_fraud"].to_numpy() == (expected >= model.threshold)).all()
+        alone = model.predict_proba(features.features_for(canonical[day], history, settings.features))
+        # the second day's cards and terminals have the first day's transactions in their windows
+        assert (np.abs(alone - expected) > 1e-6).any() == (day == d2)
     assert dt.datetime.fromisoformat(out["scored_at"]).tzinfo is not None
+
+
+def test_a_repeated_id_is_the_later_files_row_and_a_failed_file_is_no_history(tx_ws):
+    settings, storage = _fresh(tx_ws["ws"])
+    (d1, f1), (d2, f2), (d3, f3) = list(tx_ws["days"].items())
+    corrected = f1.head(50).with_columns(pl.col("TX_AMOUNT") * 3)  # resent later with other amounts
+    storage.write_frame(f"{PROD_INPUTS}/{d1}.parquet", f1)
+    storage.write_frame(f"{PROD_INPUTS}/{d2}.parquet", f2)
+    storage.write_frame(f"{PROD_INPUTS}/{d2}.zz-corrections.parquet", corrected)
+    storage.write_frame(f"{PROD_INPUTS}/{d3}.parquet", f3.drop("TERMINAL_ID"))  # fails: no terminal
+
+    with pytest.raises(BatchError) as failed:
+        run_batch_step(StepContext(settings, storage))
+    out = failed.value.result.model_dump()
+
+    assert list(out["failed"]) == [f"{PROD_INPUTS}/{d3}.parquet"]
+    _, model = _champion(settings)
+    peers = peer_history(storage.ls(PROD_INPUTS), storage, model, settings, None)
+    assert peers is not None and peers["TRANSACTION_ID"].is_unique().all()
+    assert peers.height == f1.height + f2.height  # the failed file's rows are no one's history
+    kept = peers.filter(pl.col("TRANSACTION_ID").is_in(corrected["TRANSACTION_ID"].implode()))
+    assert kept["TX_AMOUNT"].to_list() == corrected["TX_AMOUNT"].to_list()
+    history = load_history(storage, settings)
+    resent = pl.col("TRANSACTION_ID").is_in(corrected["TRANSACTION_ID"].implode())
+
+    def scores_seeing(first_day: pl.DataFrame) -> np.ndarray:
+        seen = pl.concat([history, validate(first_day, settings.data, "x").valid], how="diagonal_relaxed")
+        new = validate(f2, settings.data, "x").valid
+        return model.predict_proba(features.features_for(new, seen, settings.features))
+
+    expected = scores_seeing(pl.concat([f1.filter(~resent), corrected]))
+    result = storage.read_frame(f"{PREDICTIONS}/{d2}.out.parquet")["fraud_probability"].to_numpy()
+    np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-7)
+    assert np.abs(result - scores_seeing(f1)).max() > 1e-6  # the corrected amounts made a difference
 
 
 def test_transactions_rejects_and_join_columns(tx_ws):

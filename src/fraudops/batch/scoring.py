@@ -47,8 +47,9 @@ Memory
     The transactions kind loads each input file whole: its features (customer and terminal windows)
     need all the batch's rows together with the history (``data/raw/`` +
     ``monitoring_inputs/current_data/``, loaded once per run); transaction batches are small next to
-    that history. Each file's features see that history and the file itself, not the other files of
-    ``prod_inputs/``.
+    that history. Each file's features see that history, the file itself and the valid rows of the other
+    files of ``prod_inputs/`` (:func:`peer_rows`, read once per run: a card's transactions split over
+    two files are one card's history; a transaction id in a file and in the history is the file's row).
 
 Speed
     Rows reach the model as C-ordered float32 chunks scored by ``FraudModel.predict_proba`` (XGBoost
@@ -77,9 +78,9 @@ from fraudops.context import Progress
 from fraudops.data.reading import duplicate_names, read_table, reading
 from fraudops.data.schema import LABEL, ROW_ERROR, SCENARIO, TX_ID, TX_TIME, role_columns
 from fraudops.data.validation import validate
-from fraudops.errors import DataValidationError, Problem
+from fraudops.errors import DataValidationError, FraudopsError, Problem
 from fraudops.features import scaled
-from fraudops.features.table import FeatureTable
+from fraudops.features.table import HISTORY_COLUMNS, FeatureTable
 from fraudops.modeling.explain import TOP, Explainer
 from fraudops.modeling.model import FraudModel
 from fraudops.workspace.layout import PREDICTIONS
@@ -87,6 +88,7 @@ from fraudops.workspace.storage import Storage
 
 ROW_NUMBER = "row_number"
 REASON = "reason"
+PEER_FILE = "__peer_file__"  # which input a peer row came from: a file is not its own history
 PROBABILITY, FLAG, VERSION, SCORED_AT = "fraud_probability", "is_fraud", "model_version", "scored_at"
 REASONS = tuple(f"reason_{k + 1}" for k in range(TOP))
 OUTPUT_COLUMNS = (PROBABILITY, FLAG, VERSION, SCORED_AT, *REASONS)
@@ -352,10 +354,29 @@ class _Context:
     scored_at: dt.datetime
     history: pl.DataFrame | FeatureTable | None
     explainer: Explainer | None
+    rel: str
+    peers: pl.DataFrame | None
 
     @property
     def fail(self) -> bool:
         return self.settings.batch.on_invalid == "fail"
+
+    def lookback(self, new: pl.DataFrame) -> pl.DataFrame | None:
+        """What the features of ``new`` (rows of this file) reach back into: the history (only these rows'
+        look-back when it is a table) and the other input files' rows, which replace history rows of
+        the same id."""
+        base = (
+            self.history.lookback(new, self.settings.features)
+            if isinstance(self.history, FeatureTable)
+            else self.history
+        )
+        if self.peers is None:
+            return base
+        others = self.peers.filter(pl.col(PEER_FILE) != self.rel).drop(PEER_FILE)
+        if base is not None and TX_ID in others.columns and TX_ID in base.columns:
+            base = base.filter(~pl.col(TX_ID).is_in(others.get_column(TX_ID).implode()))
+        frames = [f for f in (base, others) if f is not None and f.height]
+        return pl.concat(frames, how="diagonal_relaxed") if frames else None
 
 
 def _inputs(valid: pl.DataFrame, plan: _Plan, ctx: _Context) -> np.ndarray:
@@ -366,13 +387,13 @@ def _inputs(valid: pl.DataFrame, plan: _Plan, ctx: _Context) -> np.ndarray:
         return np.empty((0, len(ctx.model.feature_names)), np.float32)
     new = valid.drop(ROW_ERROR, *([] if plan.id_column else [TX_ID]), strict=False)
     settings = ctx.settings
+    back = ctx.lookback(new)
     if isinstance(ctx.history, FeatureTable):  # on a worker: only these rows' look-back, a bucket at a time
-        back = ctx.history.lookback(new, settings.features)
         featured = scaled.features_for_in_buckets(
             new, back, settings.features, settings.compute.partition_rows
         )
     else:
-        featured = features.features_for(new, ctx.history, settings.features)
+        featured = features.features_for(new, back, settings.features)
     return _matrix(featured, ctx.model.feature_names)
 
 
@@ -450,21 +471,23 @@ def score_file(
     version: int,
     scored_at: dt.datetime | None = None,
     history: pl.DataFrame | FeatureTable | None = None,
+    peers: pl.DataFrame | None = None,
     progress: Progress | None = None,
     explainer: Explainer | None = None,
 ) -> FileScore:
     """Score one input file into its output (and rejects) file; what :func:`batch_step` runs per file.
 
     ``model`` is used as given (see :meth:`FraudModel.with_threads`); ``history`` is the transactions
-    kind's feature history; ``explainer`` gives the reason columns (built here when not given and
-    ``batch.reasons`` is not off). Raises :class:`~fraudops.data.DataValidationError` when the file fails.
+    kind's feature history, ``peers`` the input files' rows (:func:`peer_rows`, concatenated);
+    ``explainer`` gives the reason columns (built here when not given and ``batch.reasons`` is not off).
+    Raises :class:`~fraudops.data.DataValidationError` when the file fails.
     """
     started = time.perf_counter()
     scored_at = scored_at or dt.datetime.now(dt.UTC)
     plan, total = _plan(storage, rel, settings, model)
     if explainer is None and settings.batch.reasons != "off":
         explainer = Explainer(model)
-    ctx = _Context(settings, model, int(version), scored_at, history, explainer)
+    ctx = _Context(settings, model, int(version), scored_at, history, explainer, rel, peers)
     tally = _Tally(plan.uri)
     chunk_rows = settings.batch.chunk_rows
     out_rel, rejects_rel = output_name(rel), rejects_name(rel)
@@ -521,6 +544,22 @@ def score_file(
         seconds=round(seconds, 3),
         rows_per_second=round(tally.rows_in / seconds) if seconds > 0 else None,
     )
+
+
+def peer_rows(rel: str, storage: Storage, model: FraudModel, settings: Settings) -> pl.DataFrame | None:
+    """A transactions-kind input's rows as the other inputs' history: the rows its scoring keeps (none
+    when the file fails: its scoring reports why), the columns features read, tagged with the file."""
+    try:
+        plan, _ = _plan(storage, rel, settings, model)
+        v = validate(read_table(storage, rel, columns=plan.read), settings.data, plan.uri, partial=True)
+    except FraudopsError:
+        return None
+    bad = v.frame.get_column(ROW_ERROR).is_not_null().any()
+    if v.file_problems or (bad and settings.batch.on_invalid == "fail"):
+        return None
+    columns = [c for c in HISTORY_COLUMNS if c in v.frame.columns and (c != TX_ID or plan.id_column)]
+    rows = v.valid.select(columns)
+    return rows.with_columns(pl.lit(rel).alias(PEER_FILE)) if rows.height else None
 
 
 def _close_quietly(writer: _ParquetOut | _CsvOut) -> None:

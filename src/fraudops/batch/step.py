@@ -10,10 +10,11 @@ import polars as pl
 from pydantic import BaseModel
 
 from fraudops import compute, features
-from fraudops.batch.scoring import FileScore, score_file
+from fraudops.batch.scoring import FileScore, peer_rows, score_file
 from fraudops.config import Settings
 from fraudops.context import Progress, StepContext, StepResult
 from fraudops.data.loading import table_files
+from fraudops.data.schema import TX_ID
 from fraudops.errors import FraudopsError, StorageError
 from fraudops.features import table
 from fraudops.features.table import FeatureTable
@@ -67,6 +68,7 @@ def score_partition(
     history: pl.DataFrame | FeatureTable | None,
     progress: Progress | None,
     explainer: Explainer | None = None,
+    peers: pl.DataFrame | None = None,
 ) -> tuple[FileScore | None, str | None]:
     """One file scored (here or on a worker): its score, or why it failed."""
     try:
@@ -78,12 +80,30 @@ def score_partition(
             version=version,
             scored_at=scored_at,
             history=history,
+            peers=peers,
             progress=progress,
             explainer=explainer,
         )
     except (FraudopsError, StorageError) as e:
         return None, str(e)
     return score, None
+
+
+def peer_history(
+    files: list[str], storage: Storage, model: FraudModel, settings: Settings, eng: compute.Engine | None
+) -> pl.DataFrame | None:
+    """Every input file's valid rows, each file's features' view of the others (read by the workers on
+    the Dask engine); a repeated transaction id is the later file's row."""
+    frames = (
+        [peer_rows(rel, storage, model, settings) for rel in files]
+        if eng is None
+        else eng.map(peer_rows, files, storage, shared={"model": model}, settings=settings)
+    )
+    kept = [f for f in frames if f is not None]
+    if not kept:
+        return None
+    rows = pl.concat(kept, how="diagonal_relaxed")
+    return rows.unique(TX_ID, keep="last", maintain_order=True) if TX_ID in rows.columns else rows
 
 
 def batch_step(ctx: StepContext) -> BatchResult:
@@ -113,10 +133,13 @@ def batch_step(ctx: StepContext) -> BatchResult:
                 f"champion version {version} needs features the features configuration does not produce: "
                 f"{', '.join(unknown)}"
             )
+    eng = compute.current()
     history: pl.DataFrame | FeatureTable | None = None
+    peers: pl.DataFrame | None = None
     if settings.data.kind == "transactions":
         loaded = table.history(storage, settings)  # on the Dask engine, built by the workers
         history = loaded if (loaded.rows if isinstance(loaded, FeatureTable) else loaded.height) else None
+        peers = peer_history(files, storage, model, settings, eng)
     explainer = Explainer(model) if settings.batch.reasons != "off" else None
     scored_at = dt.datetime.now(dt.UTC)
     results: list[FileScore] = []
@@ -139,11 +162,10 @@ def batch_step(ctx: StepContext) -> BatchResult:
                 "n_jobs": settings.train.n_jobs,
             }
         )
-        eng = compute.current()
         if eng is None:
             for rel in files:
                 score, error = score_partition(
-                    rel, storage, model, settings, version, scored_at, history, ctx.progress, explainer
+                    rel, storage, model, settings, version, scored_at, history, ctx.progress, explainer, peers
                 )
                 if score is not None:
                     results.append(score)
@@ -155,7 +177,12 @@ def batch_step(ctx: StepContext) -> BatchResult:
                 score_partition,
                 files,
                 storage,
-                shared={"model": model.with_threads(1), "history": history, "explainer": explainer},
+                shared={
+                    "model": model.with_threads(1),
+                    "history": history,
+                    "peers": peers,
+                    "explainer": explainer,
+                },
                 settings=settings,
                 version=version,
                 scored_at=scored_at,
