@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import polars as pl
 import pytest
@@ -76,9 +78,17 @@ def test_features_for_a_bucket_at_a_time_equal_the_local_engine(tx: pl.DataFrame
     history = tx.filter(pl.col("TX_DATETIME").dt.date() < cut)
     new = tx.filter(pl.col("TX_DATETIME").dt.date() >= cut).drop("TX_FRAUD")
     local = engine.features_for(new, history, FeaturesConfig())
-    bucketed = scaled.features_for_in_buckets(new, history, FeaturesConfig(), 3_000)
+    reads: list[int] = []
+
+    def read(keep: Callable[[pl.DataFrame], pl.DataFrame]) -> pl.DataFrame:
+        reads.append(keep(history).height)
+        return keep(history)
+
+    bucketed = scaled.features_over_buckets(new, read, FeaturesConfig(), 4)
     assert_same(local, bucketed, FeaturesConfig())
-    assert scaled.features_for_in_buckets(new, history, FeaturesConfig(), 10**9).equals(local)  # one bucket
+    assert len(reads) == 8 and sum(reads) == 2 * history.height  # each row read once per entity
+    assert max(reads) < history.height / 2  # a bucket's rows at a time
+    assert scaled.features_over_buckets(new, read, FeaturesConfig(), 1).equals(local)  # one bucket
 
 
 def test_without_a_session_features_run_here(tx: pl.DataFrame) -> None:

@@ -64,8 +64,9 @@ import dataclasses
 import datetime as dt
 import posixpath
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import IO, Any
 
 import numpy as np
@@ -361,18 +362,22 @@ class _Context:
     def fail(self) -> bool:
         return self.settings.batch.on_invalid == "fail"
 
-    def lookback(self, new: pl.DataFrame) -> pl.DataFrame | None:
+    def lookback(
+        self, new: pl.DataFrame, keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None
+    ) -> pl.DataFrame | None:
         """What the features of ``new`` (rows of this file) reach back into: the history (only these rows'
         look-back when it is a table) and the other input files' rows, which replace history rows of
-        the same id."""
+        the same id; of them what ``keep`` leaves (a table's rows filtered as they are read)."""
         base = (
-            self.history.lookback(new, self.settings.features)
+            self.history.lookback(new, self.settings.features, keep)
             if isinstance(self.history, FeatureTable)
             else self.history
         )
         if self.peers is None:
             return base
         others = self.peers.filter(pl.col(PEER_FILE) != self.rel).drop(PEER_FILE)
+        if keep is not None:
+            others = keep(others)
         if base is not None and TX_ID in others.columns and TX_ID in base.columns:
             base = base.filter(~pl.col(TX_ID).is_in(others.get_column(TX_ID).implode()))
         frames = [f for f in (base, others) if f is not None and f.height]
@@ -386,14 +391,12 @@ def _inputs(valid: pl.DataFrame, plan: _Plan, ctx: _Context) -> np.ndarray:
     if valid.height == 0:
         return np.empty((0, len(ctx.model.feature_names)), np.float32)
     new = valid.drop(ROW_ERROR, *([] if plan.id_column else [TX_ID]), strict=False)
-    settings = ctx.settings
-    back = ctx.lookback(new)
-    if isinstance(ctx.history, FeatureTable):  # on a worker: only these rows' look-back, a bucket at a time
-        featured = scaled.features_for_in_buckets(
-            new, back, settings.features, settings.compute.partition_rows
-        )
+    cfg = ctx.settings.features
+    if isinstance(ctx.history, FeatureTable):  # on a worker: these rows' look-back, read a bucket at a time
+        buckets = ctx.history.lookback_buckets(new, cfg, ctx.settings.compute.partition_rows)
+        featured = scaled.features_over_buckets(new, partial(ctx.lookback, new), cfg, buckets)
     else:
-        featured = features.features_for(new, back, settings.features)
+        featured = features.features_for(new, ctx.lookback(new), cfg)
     return _matrix(featured, ctx.model.feature_names)
 
 

@@ -165,18 +165,17 @@ class Engine:
         key_lists = self.client.gather(
             [self.client.submit(_keys, f, key=self._key("keys"), pure=False) for f in splits]
         )
-        keys = sorted({k for ks in key_lists for k in ks})
-        combined = {}
-        for k in keys:
-            pieces = [
-                self.client.submit(_pick, f, k, key=self._key("pick"), pure=False)
-                for f, ks in zip(splits, key_lists, strict=True)
-                if k in ks
-            ]
-            combined[k] = self.client.submit(
-                combine, k, pieces, *combine_args, key=self._key(combine_name), pure=False
-            )
-        return combined
+        # a split's picks are submitted together, so the workers run them one after another (earlier
+        # submissions first): a split's result is read once, then released, even when it was spilled to
+        # disk (picking a key of every split in turn would read each spilled split once per key)
+        pieces: dict[K, list[Future]] = {k: [] for k in sorted({k for ks in key_lists for k in ks})}
+        for f, ks in zip(splits, key_lists, strict=True):
+            for k in ks:
+                pieces[k].append(self.client.submit(_pick, f, k, key=self._key("pick"), pure=False))
+        return {
+            k: self.client.submit(combine, k, ps, *combine_args, key=self._key(combine_name), pure=False)
+            for k, ps in pieces.items()
+        }
 
     def _arrays(self, x: np.ndarray, y: np.ndarray) -> tuple[Array, Array]:
         """``x`` and ``y`` as Dask arrays of row blocks (at most ``partition_rows``, at least one per worker),

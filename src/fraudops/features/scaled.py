@@ -16,14 +16,16 @@ running command's compute session when there is one (:func:`fraudops.compute.cur
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+from collections.abc import Callable
 
 import polars as pl
 
 from fraudops import compute
 from fraudops.config import DataConfig, FeaturesConfig
 from fraudops.data.loading import Piece, piece_rows, read_piece
-from fraudops.data.schema import AMOUNT, TX_ID, TX_TIME
+from fraudops.data.schema import AMOUNT, CUSTOMER, TERMINAL, TX_ID, TX_TIME
 from fraudops.features.definitions import US_PER_DAY, feature_names, lookback_days
 from fraudops.features.engine import (
     CUSTOMER_KEY,
@@ -43,6 +45,7 @@ from fraudops.workspace.storage import Storage
 
 _BUCKET, _BLOCK = "__fo_bucket", "__fo_block"
 ENTITIES = {"customer": CUSTOMER_KEY, "terminal": TERMINAL_KEY}
+_CANONICAL = {"customer": CUSTOMER, "terminal": TERMINAL}  # the entities' columns in canonical rows
 
 
 def _bucket(key: pl.Expr, dtype: pl.DataType, buckets: int) -> pl.Expr:
@@ -118,25 +121,51 @@ def cluster_windows(
     return out
 
 
-def bucketed_windows(partition_rows: int) -> Windows:
-    """Windows computed in this process one customer (then terminal) bucket of about ``partition_rows``
-    rows at a time: a worker's task over a long look-back needs a bucket's memory, not all rows'. Counts
-    equal to :func:`local_windows`', averages to ~1e-12 (other rows precede a customer's in the rolling
-    sums); one bucket is :func:`local_windows` itself."""
+def features_over_buckets(
+    new: pl.DataFrame,
+    history: Callable[[Callable[[pl.DataFrame], pl.DataFrame]], pl.DataFrame | None],
+    cfg: FeaturesConfig,
+    buckets: int,
+) -> pl.DataFrame:
+    """:func:`~fraudops.features.engine.features_for` of ``new`` in this process (a worker), its history
+    read one customer (then terminal) bucket at a time: ``history(keep)`` gives the history rows ``keep``
+    leaves (``keep`` filters canonical rows to the bucket). Only a bucket's history is held at once, so a
+    task over a long look-back needs a bucket's memory. Counts equal the local engine's, averages to
+    ~1e-12 (other customers' rows precede a customer's in the rolling sums); one bucket is the local
+    engine's computation, bit for bit."""
+    if new.height == 0:
+        return local_features_for(new, None, cfg)
+    own = narrow(new).with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64), pl.lit(True).alias(OWN))
+    ids = new.get_column(TX_ID).drop_nulls().unique() if TX_ID in new.columns else None
+    earliest: dt.datetime = own.get_column(TIME).min()  # type: ignore[assignment]
+    since = earliest - dt.timedelta(days=lookback_days(cfg))
+    columns = []
+    for entity, key in ENTITIES.items():
+        canonical = _CANONICAL[entity]
+        keyed = own.with_columns(_bucket(pl.col(key), own.schema[key], buckets).alias(_BUCKET))
+        done = []
+        for b in range(buckets):
+            mine = keyed.filter(pl.col(_BUCKET) == b).drop(_BUCKET)
+            if mine.height == 0:
+                continue
 
-    def windows(narrow: pl.DataFrame, cfg: FeaturesConfig) -> pl.DataFrame:
-        buckets = math.ceil(narrow.height / partition_rows)
-        if buckets <= 1:
-            return local_windows(narrow, cfg)
-        rows = narrow.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
-        columns = []
-        for entity in ENTITIES:
-            parts = split_rows(rows, entity, buckets, 1, 0, 1, 0)
-            done = [partition_windows(parts.pop(k), cfg, entity) for k in sorted(parts)]
-            columns.append(pl.concat(done).sort(ROW).drop(ROW))
-        return pl.concat(columns, how="horizontal")
+            def keep(rows: pl.DataFrame, b: int = b, col: str = canonical) -> pl.DataFrame:
+                return rows.filter(_bucket(pl.col(col), rows.schema[col], buckets) == b)
 
-    return windows
+            back = history(keep)
+            part = mine
+            if back is not None and back.height:
+                if ids is not None and TX_ID in back.columns:  # a history row of a new id: the new row wins
+                    same = ids.cast(back.schema[TX_ID], strict=False).implode()
+                    back = back.filter(~pl.col(TX_ID).is_in(same))
+                looked = narrow(back).with_columns(pl.col(TIME).cast(own.schema[TIME]))
+                looked = looked.filter(pl.col(TIME) > since).with_columns(
+                    pl.lit(-1, dtype=pl.Int64).alias(ROW), pl.lit(False).alias(OWN)
+                )
+                part = pl.concat([looked.select(mine.columns), mine], how="vertical_relaxed")
+            done.append(partition_windows(part, cfg, entity))
+        columns.append(pl.concat(done).sort(ROW).drop(ROW))
+    return with_windows(new, pl.concat(columns, how="horizontal"), cfg)
 
 
 # ------------------------------------------------------------- from the workspace's files, on the workers
@@ -216,14 +245,6 @@ def _windows() -> Windows | None:
 def add_features(tx: pl.DataFrame | pl.LazyFrame, cfg: FeaturesConfig | None = None) -> pl.DataFrame:
     """:func:`fraudops.features.engine.add_features` on the session's engine."""
     return local_add_features(tx, cfg, windows=_windows())
-
-
-def features_for_in_buckets(
-    new: pl.DataFrame, history: pl.DataFrame | None, cfg: FeaturesConfig, partition_rows: int
-) -> pl.DataFrame:
-    """:func:`fraudops.features.engine.features_for` in this process (a worker), its windows computed a
-    bucket at a time (:func:`bucketed_windows`)."""
-    return local_features_for(new, history, cfg, windows=bucketed_windows(partition_rows))
 
 
 def features_for(

@@ -29,7 +29,7 @@ import hashlib
 import math
 import posixpath
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import polars as pl
 from pydantic import BaseModel
@@ -101,24 +101,51 @@ class FeatureTable:
         ends = [p.end for p in self.manifest.parts if p.end is not None]
         return _day(min(starts)), _day(max(ends))
 
-    def window(self, start: dt.date, end: dt.date, columns: list[str] | None = None) -> pl.DataFrame:
-        """Its rows of the days ``start`` (inclusive) to ``end`` (exclusive), in (time, id) order."""
+    def window(
+        self,
+        start: dt.date,
+        end: dt.date,
+        columns: list[str] | None = None,
+        keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+    ) -> pl.DataFrame:
+        """Its rows of the days ``start`` (inclusive) to ``end`` (exclusive), in (time, id) order; ``keep``
+        filters each part's rows as they are read (only what it leaves is held)."""
         frames = [_read_days(self.storage, p.rel, start, end, columns) for p in self.manifest.parts]
-        frames = [f for f in frames if f.height]
+        frames = [kept for f in frames if (kept := keep(f) if keep and f.height else f).height]
         if not frames:
             return pl.DataFrame(schema=_schema(self.storage, self.manifest.parts[0].rel, columns))
         return pl.concat(frames, how="diagonal_relaxed").sort(TX_TIME, TX_ID)
 
-    def lookback(self, new: pl.DataFrame, cfg: FeaturesConfig) -> pl.DataFrame | None:
+    def lookback(
+        self,
+        new: pl.DataFrame,
+        cfg: FeaturesConfig,
+        keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+    ) -> pl.DataFrame | None:
         """The history rows the features of ``new`` reach back into (:func:`~fraudops.features.features_for`
         reads no others): from :func:`~fraudops.features.lookback_days` before its earliest transaction to
-        its last day, only the columns features are computed from."""
+        its last day, only the columns features are computed from (and of them what ``keep`` leaves)."""
         if new.height == 0 or self.rows == 0:
             return None
+        start, end = self._lookback_days(new, cfg)
+        present = [c for c in HISTORY_COLUMNS if c in self.manifest.columns]
+        return self.window(start, end, present, keep)
+
+    def lookback_buckets(self, new: pl.DataFrame, cfg: FeaturesConfig, partition_rows: int) -> int:
+        """In how many buckets :func:`~fraudops.features.scaled.features_over_buckets` should read the
+        look-back of ``new`` for a bucket to hold about ``partition_rows`` rows (from the table's rows a
+        day: its parts are not cut by day)."""
+        if new.height == 0 or self.rows == 0:
+            return 1
+        first, last = self.days
+        start, end = self._lookback_days(new, cfg)
+        per_day = self.rows / ((last - first).days + 1)
+        return max(1, math.ceil(((end - start).days * per_day + new.height) / partition_rows))
+
+    def _lookback_days(self, new: pl.DataFrame, cfg: FeaturesConfig) -> tuple[dt.date, dt.date]:
         times = new.get_column(TX_TIME)
         start = _day(times.min()) - dt.timedelta(days=lookback_days(cfg) + 1)
-        present = [c for c in HISTORY_COLUMNS if c in self.manifest.columns]
-        return self.window(start, _day(times.max()) + dt.timedelta(days=1), present)
+        return start, _day(times.max()) + dt.timedelta(days=1)
 
     def frauds_of(self, columns: list[str]) -> pl.DataFrame:
         """Its frauds (label 1), read a part at a time: what tells which cards are known to be compromised."""
