@@ -62,11 +62,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import posixpath
 import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import partial
 from typing import IO, Any
 
 import numpy as np
@@ -362,6 +362,13 @@ class _Context:
     def fail(self) -> bool:
         return self.settings.batch.on_invalid == "fail"
 
+    @functools.cached_property
+    def _others(self) -> pl.DataFrame | None:
+        """The other input files' rows (once per file, whatever the number of buckets read)."""
+        if self.peers is None:
+            return None
+        return self.peers.filter(pl.col(PEER_FILE) != self.rel).drop(PEER_FILE)
+
     def lookback(
         self, new: pl.DataFrame, keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None
     ) -> pl.DataFrame | None:
@@ -373,11 +380,9 @@ class _Context:
             if isinstance(self.history, FeatureTable)
             else self.history
         )
-        if self.peers is None:
+        if self._others is None:
             return base
-        others = self.peers.filter(pl.col(PEER_FILE) != self.rel).drop(PEER_FILE)
-        if keep is not None:
-            others = keep(others)
+        others = self._others if keep is None else keep(self._others)
         if base is not None and TX_ID in others.columns and TX_ID in base.columns:
             base = base.filter(~pl.col(TX_ID).is_in(others.get_column(TX_ID).implode()))
         frames = [f for f in (base, others) if f is not None and f.height]
@@ -394,7 +399,7 @@ def _inputs(valid: pl.DataFrame, plan: _Plan, ctx: _Context) -> np.ndarray:
     cfg = ctx.settings.features
     if isinstance(ctx.history, FeatureTable):  # on a worker: these rows' look-back, read a bucket at a time
         buckets = ctx.history.lookback_buckets(new, cfg, ctx.settings.compute.partition_rows)
-        featured = scaled.features_over_buckets(new, partial(ctx.lookback, new), cfg, buckets)
+        featured = scaled.features_over_buckets(new, functools.partial(ctx.lookback, new), cfg, buckets)
     else:
         featured = features.features_for(new, ctx.lookback(new), cfg)
     return _matrix(featured, ctx.model.feature_names)

@@ -328,6 +328,22 @@ def add_features(
     return _attach(tx, _compute(_narrow(tx), cfg, windows))
 
 
+def lookback_narrow(
+    history: pl.DataFrame, new: pl.DataFrame, new_narrow: pl.DataFrame, cfg: FeaturesConfig
+) -> pl.DataFrame:
+    """The narrow columns of the ``history`` rows the windows of ``new`` (narrowed: ``new_narrow``) reach
+    back into: the last :func:`lookback_days` before its earliest transaction, in its time zone, without
+    the rows of an id ``new`` has (the new row wins)."""
+    if TX_ID in new.columns and TX_ID in history.columns:
+        ids = new.get_column(TX_ID).drop_nulls().unique().cast(history.schema[TX_ID], strict=False)
+        history = history.filter(~pl.col(TX_ID).is_in(ids.implode()))
+    hist_narrow = _narrow(history)
+    if hist_narrow.schema[_T] != new_narrow.schema[_T]:  # other time zone: same instants, new's zone
+        hist_narrow = hist_narrow.with_columns(pl.col(_T).cast(new_narrow.schema[_T]))
+    earliest: dt.datetime = new_narrow.get_column(_T).min()  # type: ignore[assignment]
+    return hist_narrow.filter(pl.col(_T) > earliest - dt.timedelta(days=lookback_days(cfg)))
+
+
 def features_for(
     new: pl.DataFrame | pl.LazyFrame,
     history: pl.DataFrame | pl.LazyFrame | None,
@@ -346,16 +362,7 @@ def features_for(
     new_narrow = _narrow(new)
     if history is None or new.height == 0:
         return _attach(new, _compute(new_narrow, cfg, windows))
-    history = _as_frame(history, "history")
-    if TX_ID in new.columns and TX_ID in history.columns:
-        ids = new.get_column(TX_ID).drop_nulls().unique().cast(history.schema[TX_ID], strict=False)
-        history = history.filter(~pl.col(TX_ID).is_in(ids.implode()))
-    hist_narrow = _narrow(history)
-    if hist_narrow.schema[_T] != new_narrow.schema[_T]:  # other time zone: same instants, new's zone
-        hist_narrow = hist_narrow.with_columns(pl.col(_T).cast(new_narrow.schema[_T]))
-    earliest: dt.datetime = new_narrow.get_column(_T).min()  # type: ignore[assignment]
-    since = earliest - dt.timedelta(days=lookback_days(cfg))
-    hist_narrow = hist_narrow.filter(pl.col(_T) > since)
+    hist_narrow = lookback_narrow(_as_frame(history, "history"), new, new_narrow, cfg)
     union = pl.concat(
         [
             hist_narrow.with_columns(pl.lit(False).alias(OWN)),  # look-back only

@@ -16,7 +16,6 @@ running command's compute session when there is one (:func:`fraudops.compute.cur
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from collections.abc import Callable
 
@@ -35,6 +34,7 @@ from fraudops.features.engine import (
     TIME,
     Windows,
     local_windows,
+    lookback_narrow,
     narrow,
     partition_windows,
     with_windows,
@@ -136,9 +136,6 @@ def features_over_buckets(
     if new.height == 0:
         return local_features_for(new, None, cfg)
     own = narrow(new).with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64), pl.lit(True).alias(OWN))
-    ids = new.get_column(TX_ID).drop_nulls().unique() if TX_ID in new.columns else None
-    earliest: dt.datetime = own.get_column(TIME).min()  # type: ignore[assignment]
-    since = earliest - dt.timedelta(days=lookback_days(cfg))
     columns = []
     for entity, key in ENTITIES.items():
         canonical = _CANONICAL[entity]
@@ -155,11 +152,7 @@ def features_over_buckets(
             back = history(keep)
             part = mine
             if back is not None and back.height:
-                if ids is not None and TX_ID in back.columns:  # a history row of a new id: the new row wins
-                    same = ids.cast(back.schema[TX_ID], strict=False).implode()
-                    back = back.filter(~pl.col(TX_ID).is_in(same))
-                looked = narrow(back).with_columns(pl.col(TIME).cast(own.schema[TIME]))
-                looked = looked.filter(pl.col(TIME) > since).with_columns(
+                looked = lookback_narrow(back, new, own, cfg).with_columns(
                     pl.lit(-1, dtype=pl.Int64).alias(ROW), pl.lit(False).alias(OWN)
                 )
                 part = pl.concat([looked.select(mine.columns), mine], how="vertical_relaxed")
