@@ -38,23 +38,29 @@ def assert_same(local: pl.DataFrame, dist: pl.DataFrame, cfg: FeaturesConfig) ->
 
 
 @pytest.mark.parametrize(
-    ("cfg", "partition_rows", "ids"),
+    ("cfg", "partition_rows", "ids", "hot"),
     [
-        (FeaturesConfig(), 6_000, pl.Int64),  # customer/terminal buckets, one time block
-        (SHORT, 6_000, pl.Int64),  # buckets x time blocks, each block with its look-back
-        (SHORT, 6_000, pl.String),  # text ids: hashed to their buckets
+        (FeaturesConfig(), 6_000, pl.Int64, 0.0),  # customer/terminal buckets
+        (SHORT, 6_000, pl.String, 0.0),  # text ids: hashed to their buckets
+        (SHORT, 3_000, pl.Int64, 0.4),  # a merchant's terminal with 40 % of the rows: time blocks
     ],
 )
 def test_features_equal_the_local_engine(
-    dask_client: Client, tx: pl.DataFrame, cfg: FeaturesConfig, partition_rows: int, ids: pl.DataType
+    dask_client: Client,
+    tx: pl.DataFrame,
+    cfg: FeaturesConfig,
+    partition_rows: int,
+    ids: pl.DataType,
+    hot: float,
 ) -> None:
+    busy = pl.int_range(pl.len()).shuffle(seed=2) < hot * pl.len()
+    tx = tx.with_columns(pl.when(busy).then(0).otherwise(pl.col("TERMINAL_ID")).alias("TERMINAL_ID"))
     tx = tx.with_columns(pl.col("CUSTOMER_ID", "TERMINAL_ID").cast(ids)).sample(fraction=1.0, seed=1)
     local = engine.add_features(tx, cfg)
     day = 86_400_000_000
-    buckets, blocks = scaled._layout(
-        tx.height, 60 * day, 2, partition_rows, features.lookback_days(cfg) * day
-    )
-    assert buckets >= 2 and (blocks >= 2) == (not cfg.extra)  # the data really is cut
+    busiest = int(tx["TERMINAL_ID"].value_counts(name="n")["n"].max())  # type: ignore[arg-type]
+    blocks = scaled._blocks(busiest, 60 * day, partition_rows, features.lookback_days(cfg) * day)
+    assert (blocks >= 2) == (hot > 0)  # the busy terminal's rows are cut in time
     with compute.attach(dask_client, partition_rows=partition_rows):
         dist = features.add_features(tx, cfg)
     assert_same(local, dist, cfg)

@@ -230,17 +230,15 @@ def _new_terminal(df: pl.DataFrame) -> pl.DataFrame:
 
 def _base(narrow: pl.DataFrame, cfg: FeaturesConfig) -> tuple[pl.DataFrame, int]:
     """Integer microseconds from the first transaction, customers and terminals as Int64 codes, a row
-    index _I; and the key stride of :func:`_keyed`."""
+    index _I; and the key stride of :func:`_keyed`. Of the narrow columns only those ``narrow`` has (a
+    partition carries what its entity's windows read: :data:`ENTITY_COLUMNS`)."""
     t = pl.col(_T).dt.epoch("us")
     base = narrow.select(
         pl.int_range(pl.len(), dtype=pl.UInt32).alias(_I),
         (t - t.min()).alias(_T),
-        pl.col(_A),
-        pl.col(_Y),
+        *(pl.col(c) for c in (_A, _Y) if c in narrow.columns),
         pl.lit(1, pl.Int32).alias(_ONE),
-    ).with_columns(
-        _group_codes(narrow.get_column(_C)).alias(_C), _group_codes(narrow.get_column(_M)).alias(_M)
-    )
+    ).with_columns(_group_codes(narrow.get_column(c)).alias(c) for c in (_C, _M) if c in narrow.columns)
     span = _int(base.get_column(_T).max() or 0)
     return base, span + lookback_days(cfg) * US_PER_DAY + 1
 
@@ -271,23 +269,26 @@ def local_windows(narrow: pl.DataFrame, cfg: FeaturesConfig) -> pl.DataFrame:
     return out.filter(narrow.get_column(OWN)) if OWN in narrow.columns else out
 
 
+ENTITY_COLUMNS = {"customer": [_T, _C, _M, _A], "terminal": [_T, _M, _Y]}
+"""The narrow columns each entity's windows read (a scaled computation sends only these)."""
+
+
 def partition_windows(part: pl.DataFrame, cfg: FeaturesConfig, entity: str) -> pl.DataFrame:
     """One partition of a scaled computation: the ``entity`` ("customer" or "terminal") window columns
-    of the rows with ``OWN`` set, next to their ``ROW``.
+    of its rows whose ``OWN`` is set (all of them without that column), in their order.
 
-    ``part`` holds the narrow columns (:func:`_narrow`) of every row of some customers (or terminals) in a
-    time span, plus the look-back before it (``OWN`` false): the same code as the local engine, on fewer
-    rows.
+    ``part`` holds the :data:`ENTITY_COLUMNS` of every row of some customers (or terminals) in a time span,
+    plus the look-back before it (``OWN`` false): the same code as the local engine, on fewer rows.
     """
     check_windows(cfg)
-    narrow_part = part.drop(ROW, OWN)
-    base, stride = _base(narrow_part, cfg)
+    base, stride = _base(part.select(ENTITY_COLUMNS[entity]), cfg)
     parts = (
         _customer_parts(base, cfg, stride)
         if entity == "customer"
         else [_terminal_features(base, cfg, stride)]
     )
-    return part.select(ROW).hstack(_hstacked(parts)).filter(part.get_column(OWN))
+    out = _hstacked(parts)
+    return out.filter(part.get_column(OWN)) if OWN in part.columns else out
 
 
 def _compute(narrow: pl.DataFrame, cfg: FeaturesConfig, windows: Windows | None = None) -> pl.DataFrame:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import polars as pl
 
 from fraudops import compute
@@ -28,6 +29,7 @@ from fraudops.data.schema import AMOUNT, CUSTOMER, TERMINAL, TX_ID, TX_TIME
 from fraudops.features.definitions import US_PER_DAY, feature_names, lookback_days
 from fraudops.features.engine import (
     CUSTOMER_KEY,
+    ENTITY_COLUMNS,
     OWN,
     ROW,
     TERMINAL_KEY,
@@ -77,44 +79,67 @@ def split_rows(
     return {(int(b), int(k)): part.drop(_BUCKET, _BLOCK) for (b, k), part in parts.items()}
 
 
-def combine_partition(
-    key: tuple[int, int], pieces: list[pl.DataFrame | None], entity: str, cfg: FeaturesConfig
-) -> pl.DataFrame:
-    """The windows of one partition's own rows (ROW + feature columns)."""
-    part = pl.concat([p for p in pieces if p is not None])
-    return partition_windows(part, cfg, entity)
+def _in_row_order(windows: list[pl.DataFrame], rows: list[pl.Series]) -> pl.DataFrame:
+    """Partitions' window columns (each in its partition's row order) as one frame in row order: ``rows``
+    are the positions of each partition's own rows, together 0..n-1 once each."""
+    at = pl.concat(rows).to_numpy()
+    order = np.empty(len(at), dtype=np.int64)
+    order[at] = np.arange(len(at))
+    return pl.concat(windows)[order]
 
 
-def _layout(n: int, span_us: int, workers: int, partition_rows: int, lookback_us: int) -> tuple[int, int]:
-    """(buckets, time blocks): about n / partition_rows partitions, at least one per worker; a block is
-    never shorter than two look-backs (else the look-back would outweigh the block's own rows)."""
-    parts = max(workers, math.ceil(n / partition_rows))
-    blocks = max(1, min(math.ceil(parts / workers), span_us // (2 * lookback_us)))
-    return max(workers, math.ceil(parts / blocks)), blocks
+def _blocks(largest: int, span_us: int, partition_rows: int, lookback_us: int) -> int:
+    """Time blocks per bucket: one, unless a bucket holds over twice ``partition_rows`` rows (a busy
+    merchant's terminal: hashing cannot spread one id), then enough to cut it to about
+    ``partition_rows`` — a block's look-back is computed twice, so never a block shorter than two."""
+    if largest <= 2 * partition_rows:
+        return 1
+    return max(1, min(math.ceil(largest / partition_rows), span_us // (2 * lookback_us)))
+
+
+def _entity_windows(part: tuple[str, pl.DataFrame], cfg: FeaturesConfig) -> pl.DataFrame:
+    entity, rows = part
+    return partition_windows(rows, cfg, entity)
 
 
 def cluster_windows(
     eng: compute.Engine, narrow: pl.DataFrame, cfg: FeaturesConfig, partition_rows: int
 ) -> pl.DataFrame:
-    """:func:`~fraudops.features.local_windows` computed on the cluster."""
+    """:func:`~fraudops.features.local_windows` computed on the cluster. The rows are here already, so
+    they are partitioned here, by customer and by terminal, and each partition (only the columns its
+    entity's windows read) is sent once, to the worker that computes it."""
     n = narrow.height
     if n == 0:
         return local_windows(narrow, cfg)
-    rows = narrow.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
+    own = pl.col(OWN).cast(pl.Int64).cum_sum() - 1 if OWN in narrow.columns else pl.int_range(pl.len())
+    rows = narrow.with_columns(own.alias(ROW))  # an own row's place among the own rows
     times = rows.get_column(TIME).dt.epoch("us")
     origin, span = int(times.min()), int(times.max()) - int(times.min()) + 1  # type: ignore[arg-type]
     lookback_us = lookback_days(cfg) * US_PER_DAY
-    buckets, blocks = _layout(n, span, eng.workers, partition_rows, lookback_us)
-    block_us = math.ceil(span / blocks)
-    n_slices = max(eng.workers, math.ceil(n / partition_rows))
-    size = math.ceil(n / n_slices)
-    slices = [rows.slice(i * size, size) for i in range(n_slices) if i * size < n]
-    columns = []
+    buckets = max(eng.workers, math.ceil(n / partition_rows))
+    items: list[tuple[str, pl.DataFrame]] = []
+    positions: list[pl.Series] = []
     for entity in ENTITIES:
-        split_args = (entity, buckets, blocks, origin, block_us, lookback_us)
-        done = eng.exchange(slices, split_rows, split_args, combine_partition, (entity, cfg))
-        columns.append(pl.concat(list(done.values())).sort(ROW).drop(ROW))
-    out = pl.concat(columns, how="horizontal")
+        cols = rows.select(ROW, *ENTITY_COLUMNS[entity], *([OWN] if OWN in rows.columns else []))
+        split = split_rows(cols, entity, buckets, 1, origin, span, lookback_us)
+        blocks = _blocks(max(p.height for p in split.values()), span, partition_rows, lookback_us)
+        if blocks > 1:
+            split = split_rows(cols, entity, buckets, blocks, origin, math.ceil(span / blocks), lookback_us)
+        for part in split.values():
+            items.append((entity, part.drop(ROW)))
+            positions.append(part.filter(OWN).get_column(ROW))
+    del rows
+    done = eng.map(_entity_windows, items, cfg, send=True)
+    out = pl.concat(
+        [
+            _in_row_order(
+                [w for (e, _), w in zip(items, done, strict=True) if e == entity],
+                [p for (e, _), p in zip(items, positions, strict=True) if e == entity],
+            )
+            for entity in ENTITIES
+        ],
+        how="horizontal",
+    )
     own = int(narrow.get_column(OWN).sum()) if OWN in narrow.columns else n
     if out.height != own:
         raise RuntimeError(f"scaled features: {out.height} rows computed for {own} (partitioning is broken)")
@@ -135,14 +160,14 @@ def features_over_buckets(
     engine's computation, bit for bit."""
     if new.height == 0:
         return local_features_for(new, None, cfg)
-    own = narrow(new).with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64), pl.lit(True).alias(OWN))
+    own = narrow(new).with_row_index(ROW).with_columns(pl.lit(True).alias(OWN))
     columns = []
     for entity, key in ENTITIES.items():
-        canonical = _CANONICAL[entity]
+        canonical, cols = _CANONICAL[entity], [*ENTITY_COLUMNS[entity], OWN]
         keyed = own.with_columns(_bucket(pl.col(key), own.schema[key], buckets).alias(_BUCKET))
-        done = []
+        done, positions = [], []
         for b in range(buckets):
-            mine = keyed.filter(pl.col(_BUCKET) == b).drop(_BUCKET)
+            mine = keyed.filter(pl.col(_BUCKET) == b)
             if mine.height == 0:
                 continue
 
@@ -150,14 +175,13 @@ def features_over_buckets(
                 return rows.filter(_bucket(pl.col(col), rows.schema[col], buckets) == b)
 
             back = history(keep)
-            part = mine
+            part = mine.select(cols)
             if back is not None and back.height:
-                looked = lookback_narrow(back, new, own, cfg).with_columns(
-                    pl.lit(-1, dtype=pl.Int64).alias(ROW), pl.lit(False).alias(OWN)
-                )
-                part = pl.concat([looked.select(mine.columns), mine], how="vertical_relaxed")
+                looked = lookback_narrow(back, new, own, cfg).with_columns(pl.lit(False).alias(OWN))
+                part = pl.concat([looked.select(cols), part], how="vertical_relaxed")
             done.append(partition_windows(part, cfg, entity))
-        columns.append(pl.concat(done).sort(ROW).drop(ROW))
+            positions.append(mine.get_column(ROW))
+        columns.append(_in_row_order(done, positions))
     return with_windows(new, pl.concat(columns, how="horizontal"), cfg)
 
 
@@ -203,7 +227,7 @@ def combine_customers(
     """A customer bucket's rows, a repeated id once (the later piece's row, as load_folder keeps it), with
     their customer windows."""
     part = _gathered(pieces).sort(ROW).unique(TX_ID, keep="last", maintain_order=True)
-    windows = partition_windows(part, cfg, "customer").drop(ROW)
+    windows = partition_windows(part, cfg, "customer")
     return part.drop(c for c in part.columns if _internal(c) and c != ROW).hstack(windows)
 
 
@@ -217,7 +241,7 @@ def combine_terminals(
     """A terminal bucket's rows as :func:`add_features` gives them (in (time, id) order), without the
     internal columns."""
     part = _gathered(pieces)
-    terminal = partition_windows(part, cfg, "terminal").drop(ROW)
+    terminal = partition_windows(part, cfg, "terminal")
     names = set(feature_names(cfg))
     tx = part.select(c for c in part.columns if not _internal(c) and (c == AMOUNT or c not in names))
     windows = part.select(c for c in part.columns if c in names and c != AMOUNT).hstack(terminal)
