@@ -6,11 +6,15 @@
 Data: ``fraudops.data.simulate`` (``--customers`` x ``--days``; the defaults are the handbook's 1.75 M
 transactions). Features: ``fraudops.features.add_features`` on every transaction, in this process (local
 engine) and on a ``LocalCluster`` of 1 and of 2 worker processes (one thread each, ``--memory-limit``
-each; cluster start-up and a warm-up run not timed). Batch: the featured rows written as ``--files``
-Parquet files of a features-kind workspace, scored by the batch step's per-file function with a small
-XGBoost model, in this process and as one task per file on the clusters. Each figure is the median of
-``--runs``; throughput = transactions / second; peak memory per worker = the worker process's
-``VmHWM`` after the runs (compared with its limit). Results: a markdown table on stdout and
+each; cluster start-up and a warm-up run not timed). Features from files, what the pipeline's steps do:
+the transactions as a Parquet file a day in a workspace's data/raw/; the local engine loads and validates
+them and computes the features in this process (``load_labelled`` + ``add_features``), the Dask engine
+builds the labelled feature table (:func:`fraudops.features.table.labelled`: the workers read, validate,
+shuffle, compute and write it as Parquet; deleted before each run). Batch: the featured rows written as
+``--files`` Parquet files of a features-kind workspace, scored by the batch step's per-file function
+with a small XGBoost model, in this process and as one task per file on the clusters. Each figure is the
+median of ``--runs``; throughput = transactions / second; peak memory per worker = the worker
+process's ``VmHWM`` after the runs (compared with its limit). Results: a markdown table on stdout and
 ``benchmarks/results/dask.json`` (with the machine load before and after).
 """
 
@@ -94,6 +98,35 @@ def batch_setup(featured: pl.DataFrame, files: int, root: Path) -> tuple[Any, An
     return settings, storage, model, rels
 
 
+def files_setup(tx: pl.DataFrame, root: Path) -> tuple[Any, Any]:
+    """A transactions workspace with ``tx`` as a Parquet file a day in data/raw/."""
+    from fraudops.data.schema import TX_TIME
+    from fraudops.workspace import init_workspace
+    from fraudops.workspace.layout import RAW
+    from fraudops.workspace.storage import Storage
+
+    settings, _ = init_workspace(str(root))
+    storage = Storage(str(root))
+    for (day,), rows in tx.group_by(pl.col(TX_TIME).dt.date(), maintain_order=True):
+        storage.write_frame(f"{RAW}/{day}.parquet", rows)
+    return settings, storage
+
+
+def files_features(settings: Any, storage: Any) -> None:
+    """The pipeline's features on the session's engine: the feature table built by the workers (Dask),
+    else the rows loaded and featured here."""
+    from fraudops import compute
+    from fraudops.data.loading import load_labelled
+    from fraudops.features import add_features, table
+    from fraudops.workspace.layout import FEATURE_TABLES
+
+    if compute.current() is None:
+        add_features(load_labelled(storage, settings), settings.features)
+        return
+    storage.delete(FEATURE_TABLES, recursive=True)
+    table.labelled(storage, settings)
+
+
 def dist_batch(eng: Any, model: Any, rels: list[str], storage: Any, settings: Any, scored_at: Any) -> None:
     """The batch step's fan-out: the model once per worker, one task per file."""
     from fraudops.batch.step import score_partition
@@ -126,8 +159,6 @@ def main() -> int:
     from fraudops import process
 
     process.configure()  # as the CLI does: OpenMP threads sleep instead of spinning (workers inherit it)
-    from distributed import Client
-
     from fraudops import compute
     from fraudops.batch.step import score_partition
     from fraudops.features import add_features
@@ -145,7 +176,10 @@ def main() -> int:
     print(f"local features {out['local']['features_s']:.2f} s", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-dask-") as tmp:
-        settings, storage, model, rels = batch_setup(featured, args.files, Path(tmp))
+        ws_settings, ws_storage = files_setup(tx, Path(tmp) / "transactions")
+        out["local"]["files_s"] = median_seconds(lambda: files_features(ws_settings, ws_storage), args.runs)
+        print(f"local features from files {out['local']['files_s']:.2f} s", flush=True)
+        settings, storage, model, rels = batch_setup(featured, args.files, Path(tmp) / "features")
         scored_at = dt.datetime.now(dt.UTC)
         threads_model = model.with_threads(2)
 
@@ -162,42 +196,46 @@ def main() -> int:
             partition_rows = max(50_000, -(-n // (4 * workers)))
             with (
                 compute.local_cluster(workers, args.memory_limit) as cluster,
-                Client(cluster) as client,
+                compute.local_client(cluster) as client,
                 compute.attach(client, partition_rows=partition_rows) as eng,
             ):
                 add_features(tx.head(50_000))  # warm-up: imports on the workers
                 feat_s = median_seconds(lambda: add_features(tx), args.runs)
+                files_s = median_seconds(lambda: files_features(ws_settings, ws_storage), args.runs)
                 job = (eng, model.with_threads(1), rels, storage, settings, scored_at)
                 dist_batch(*job)  # warm-up: the workers import the scoring code
                 batch_s = median_seconds(lambda job=job: dist_batch(*job), args.runs)
                 peaks = client.run(peak_rss_mb)
             out[f"dask_{workers}"] = {
                 "features_s": feat_s,
+                "files_s": files_s,
                 "batch_s": batch_s,
                 "partition_rows": partition_rows,
                 "worker_peak_rss_mb": sorted(round(v) for v in peaks.values()),
                 "worker_memory_limit": args.memory_limit,
             }
             print(
-                f"dask {workers} workers: features {feat_s:.2f} s, batch {batch_s:.2f} s, peaks {peaks}",
+                f"dask {workers} workers: features {feat_s:.2f} s, from files {files_s:.2f} s, "
+                f"batch {batch_s:.2f} s, peaks {peaks}",
                 flush=True,
             )
     out["load_before"], out["load_after"] = load_before, os.getloadavg()
-    for what in ("features", "batch"):
+    for what in ("features", "files", "batch"):
         local, one, two = (out[k][f"{what}_s"] for k in ("local", "dask_1", "dask_2"))
         out[f"{what}_ratios"] = {"2_over_1_workers": one / two, "2_workers_over_local": local / two}
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    print("\n| engine | features s | features tx/s | batch s | batch tx/s | worker peak RSS MB |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(
+        "\n| engine | features s | features tx/s | from files s | from files tx/s | batch s | batch tx/s "
+        "| worker peak RSS MB |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for key in ("local", "dask_1", "dask_2"):
         r = out[key]
         peaks_txt = ", ".join(map(str, r.get("worker_peak_rss_mb", [r.get("peak_rss_mb")])))
-        print(
-            f"| {key} | {r['features_s']:.2f} | {n / r['features_s']:,.0f} | {r['batch_s']:.2f} "
-            f"| {n / r['batch_s']:,.0f} | {peaks_txt} |"
-        )
-    for what in ("features", "batch"):
+        cells = [f"{r[f'{w}_s']:.2f} | {n / r[f'{w}_s']:,.0f}" for w in ("features", "files", "batch")]
+        print(f"| {key} | {' | '.join(cells)} | {peaks_txt} |")
+    for what in ("features", "files", "batch"):
         ratios = out[f"{what}_ratios"]
         print(
             f"{what}: 2 workers / 1 worker = {ratios['2_over_1_workers']:.2f}x, "

@@ -204,7 +204,6 @@ def main() -> int:
     import numpy as np
     import pyarrow.parquet as pq
     from dask.utils import parse_bytes
-    from distributed import Client
 
     from fraudops import compute
     from fraudops.batch.step import peer_history, score_partition
@@ -231,7 +230,7 @@ def main() -> int:
     out["load_before"] = os.getloadavg()
     with (
         compute.local_cluster(args.workers, args.memory_limit) as cluster,
-        Client(cluster) as client,
+        compute.local_client(cluster) as client,
         compute.attach(client, partition_rows=args.partition_rows) as eng,
         Phases(client) as phases,
     ):

@@ -65,11 +65,9 @@ def s3_bucket(s3_env: S3Server) -> str:
 @pytest.fixture(scope="session")
 def dask_client() -> Iterator["Client"]:
     """A real Dask cluster for the session: two worker processes of one thread (a worker can be killed)."""
-    from distributed import Client
+    from fraudops.compute import local_client, local_cluster
 
-    from fraudops.compute import local_cluster
-
-    with local_cluster(2, "2GB") as cluster, Client(cluster) as client:
+    with local_cluster(2, "2GB") as cluster, local_client(cluster) as client:
         yield client
 
 

@@ -5,6 +5,6 @@ The one package that talks to Dask. A command opens a :func:`session` for its wh
 customer/terminal partition, batch files, drift columns), never Dask objects.
 """
 
-from fraudops.compute.cluster import Engine, attach, current, local_cluster, session
+from fraudops.compute.cluster import Engine, attach, current, local_client, local_cluster, session
 
-__all__ = ["Engine", "attach", "current", "local_cluster", "session"]
+__all__ = ["Engine", "attach", "current", "local_client", "local_cluster", "session"]

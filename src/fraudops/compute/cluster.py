@@ -70,7 +70,7 @@ class Engine:
     def map(
         self,
         fn: Callable[..., R],
-        items: Sequence[Any],
+        items: Iterable[Any],
         *args: Any,
         send: bool = False,
         shared: Mapping[str, Any] | None = None,
@@ -81,23 +81,37 @@ class Engine:
 
         ``shared`` values (a model, a history) go to every worker once (:meth:`broadcast`), not once per
         task. Small items (names, paths) travel inside the tasks; ``send`` ships big items (frames) to the
-        workers first. A task whose worker dies is rerun by the scheduler; one whose shared or sent data
-        was lost with a worker (Dask keeps one replica of scattered data) is resubmitted with the data sent
-        again, up to ``LOST_DATA_ROUNDS`` times.
+        workers first. An item's task is submitted as soon as the item is made (``items`` may be a
+        generator: the workers start on the first while this process makes the next). A task whose worker
+        dies is rerun by the scheduler; one whose shared or sent data was lost with a worker (Dask keeps
+        one replica of scattered data) is resubmitted with the data sent again, up to
+        ``LOST_DATA_ROUNDS`` times.
         """
         from distributed.client import FutureCancelledError
 
         name = getattr(fn, "__name__", "task")
         results: dict[int, R] = {}
-        todo = list(range(len(items)))
+        kept: list[Any] = []
+
+        def made() -> Iterator[tuple[int, Any]]:
+            for item in items:
+                kept.append(item)
+                yield len(kept) - 1, item
+
+        todo: Iterable[tuple[int, Any]] = made()
         for _ in range(LOST_DATA_ROUNDS + 1):
             sent = {k: None if v is None else self.broadcast(v) for k, v in (shared or {}).items()}
-            inputs = [items[i] for i in todo]
-            if send:
-                inputs = self.client.scatter(inputs, hash=False)
             futures = {
-                i: self.client.submit(fn, item, *args, key=self._key(name), pure=False, **sent, **kwargs)
-                for i, item in zip(todo, inputs, strict=True)
+                i: self.client.submit(
+                    fn,
+                    self.client.scatter(item, hash=False) if send else item,
+                    *args,
+                    key=self._key(name),
+                    pure=False,
+                    **sent,
+                    **kwargs,
+                )
+                for i, item in todo
             }
             lost = []
             for i, future in futures.items():
@@ -106,8 +120,8 @@ class Engine:
                 except FutureCancelledError:
                     lost.append(i)
             if not lost:
-                return [results[i] for i in range(len(items))]
-            todo = lost
+                return [results[i] for i in range(len(kept))]
+            todo = [(i, kept[i]) for i in lost]
         raise RuntimeError(f"{name}: data sent to the workers was lost {LOST_DATA_ROUNDS + 1} times")
 
     def submit(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> Future:
@@ -128,39 +142,20 @@ class Engine:
         inputs: Sequence[Any],
         split: Callable[..., dict[K, Any]],
         split_args: tuple[Any, ...],
-        combine: Callable[..., R],
-        combine_args: tuple[Any, ...],
-        *,
-        send: bool = True,
-    ) -> dict[K, R]:
-        """A hash shuffle: ``split(input, *split_args)`` runs per input and gives ``{key: piece}``;
-        then ``combine(key, pieces, *combine_args)`` runs once per key with every input's piece of it.
-
-        ``send``: the inputs (frames) are sent to the workers once first; else they are small descriptions
-        (files to read) or futures of an earlier :meth:`exchange_futures`, given to the split tasks as they
-        are (a task lost with its worker is then recomputed from them). Pieces move worker to worker, never
-        through this process.
-        """
-        combined = self.exchange_futures(inputs, split, split_args, combine, combine_args, send=send)
-        del inputs  # futures of an earlier exchange: their data is released once split (if not held)
-        results = self.client.gather(list(combined.values()))
-        return dict(zip(combined, results, strict=True))
-
-    def exchange_futures(
-        self,
-        inputs: Sequence[Any],
-        split: Callable[..., dict[K, Any]],
-        split_args: tuple[Any, ...],
         combine: Callable[..., Any],
         combine_args: tuple[Any, ...],
-        *,
-        send: bool = True,
     ) -> dict[K, Future]:
-        """:meth:`exchange` whose results stay on the workers (futures, to feed a next exchange)."""
-        sent = self.client.scatter(list(inputs), hash=False) if send else list(inputs)
+        """A hash shuffle: ``split(input, *split_args)`` runs per input and gives ``{key: piece}``;
+        then ``combine(key, pieces, *combine_args)`` runs once per key with every input's piece of it.
+        Returns the combined results' futures (they stay on the workers, e.g. to feed a next exchange).
+
+        ``inputs`` are small descriptions (files to read) or futures of an earlier exchange, given to the
+        split tasks as they are (a task lost with its worker is then recomputed from them). Pieces move
+        worker to worker, never through this process.
+        """
         split_name, combine_name = (getattr(fn, "__name__", "task") for fn in (split, combine))
         splits = [
-            self.client.submit(split, s, *split_args, key=self._key(split_name), pure=False) for s in sent
+            self.client.submit(split, s, *split_args, key=self._key(split_name), pure=False) for s in inputs
         ]
         key_lists = self.client.gather(
             [self.client.submit(_keys, f, key=self._key("keys"), pure=False) for f in splits]
@@ -296,6 +291,15 @@ def local_cluster(workers: int, memory_limit: str | int, threads: int = 1) -> Lo
         )
 
 
+def local_client(cluster: LocalCluster) -> Client:
+    """A client of a cluster on this machine that sends and fetches data to and from the workers
+    directly, not through the scheduler (Dask's default, for clients that cannot reach the workers):
+    a 480 MB frame comes back in ~0.4–1.1 s instead of ~1.6–2.3 s here."""
+    from distributed import Client
+
+    return Client(cluster, direct_to_workers=True)
+
+
 @contextlib.contextmanager
 def session(cfg: ComputeConfig) -> Iterator[Engine | None]:
     """The command's engine: None for ``local``; for ``dask`` a started LocalCluster or the given scheduler.
@@ -310,7 +314,7 @@ def session(cfg: ComputeConfig) -> Iterator[Engine | None]:
     with contextlib.ExitStack() as stack:
         if cfg.scheduler is None:
             cluster = stack.enter_context(local_cluster(cfg.workers, cfg.worker_memory_limit))
-            client = stack.enter_context(Client(cluster))
+            client = stack.enter_context(local_client(cluster))
         else:
             try:
                 client = stack.enter_context(Client(cfg.scheduler, timeout=CONNECT_TIMEOUT))

@@ -1,14 +1,19 @@
 """The features on a compute engine: the polars engine's code per customer and per terminal partition.
 
 The customer windows need each customer's transactions together, the terminal windows each terminal's.
-Rows are cut into slices and sent to the workers; there each slice is split (a hash shuffle) into buckets
-of customers (then, in a second exchange, of terminals) and, for long histories, time blocks; each bucket
-x block partition also receives the rows of the :func:`~fraudops.features.lookback_days` before the
-block as look-back. A worker computes the partition's windows with
-:func:`~fraudops.features.engine.partition_windows` (the local engine's functions) and keeps the block's
-own rows; the driver joins the columns back by row position, so rows and their order are the local
-engine's. Counts and flags are equal to the local engine's; averages and standard deviations agree to
-~1e-12 relative (rolling sums start at the block's look-back instead of the customer's first row).
+Rows are partitioned by a hash of their customer (then of their terminal) into buckets and, when one id
+is too busy for a bucket to stay near ``compute.partition_rows`` (a merchant's terminal), time blocks;
+each bucket x block partition also receives the rows of the :func:`~fraudops.features.lookback_days`
+before the block as look-back. A worker computes the partition's windows with
+:func:`~fraudops.features.engine.partition_windows` (the local engine's functions) for the block's own
+rows; the columns are put back in row order, so rows and their order are the local engine's. Counts and
+flags are equal to the local engine's; averages and standard deviations agree to ~1e-12 relative
+(rolling sums start at the block's look-back instead of the customer's first row).
+
+Frames already in this process (:func:`add_features`, :func:`features_for`) are partitioned here and
+each partition sent once, with only the columns its entity reads (:func:`cluster_windows`); a feature
+table's rows are read by the workers and shuffled worker to worker (:func:`split_piece` and the
+functions after it, used by :mod:`fraudops.features.table`).
 
 :func:`add_features` and :func:`features_for` are the local engine's functions, on the engine of the
 running command's compute session when there is one (:func:`fraudops.compute.current`).
@@ -17,7 +22,7 @@ running command's compute session when there is one (:func:`fraudops.compute.cur
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import polars as pl
@@ -111,30 +116,34 @@ def cluster_windows(
     n = narrow.height
     if n == 0:
         return local_windows(narrow, cfg)
-    own = pl.col(OWN).cast(pl.Int64).cum_sum() - 1 if OWN in narrow.columns else pl.int_range(pl.len())
-    rows = narrow.with_columns(own.alias(ROW))  # an own row's place among the own rows
+    place = pl.col(OWN).cast(pl.Int64).cum_sum() - 1 if OWN in narrow.columns else pl.int_range(pl.len())
+    rows = narrow.with_columns(place.alias(ROW))  # an own row's place among the own rows
     times = rows.get_column(TIME).dt.epoch("us")
     origin, span = int(times.min()), int(times.max()) - int(times.min()) + 1  # type: ignore[arg-type]
     lookback_us = lookback_days(cfg) * US_PER_DAY
     buckets = max(eng.workers, math.ceil(n / partition_rows))
-    items: list[tuple[str, pl.DataFrame]] = []
+    entities: list[str] = []
     positions: list[pl.Series] = []
-    for entity in ENTITIES:
-        cols = rows.select(ROW, *ENTITY_COLUMNS[entity], *([OWN] if OWN in rows.columns else []))
-        split = split_rows(cols, entity, buckets, 1, origin, span, lookback_us)
-        blocks = _blocks(max(p.height for p in split.values()), span, partition_rows, lookback_us)
-        if blocks > 1:
-            split = split_rows(cols, entity, buckets, blocks, origin, math.ceil(span / blocks), lookback_us)
-        for part in split.values():
-            items.append((entity, part.drop(ROW)))
-            positions.append(part.filter(OWN).get_column(ROW))
-    del rows
-    done = eng.map(_entity_windows, items, cfg, send=True)
+
+    def partitions() -> Iterator[tuple[str, pl.DataFrame]]:
+        for entity in ENTITIES:
+            cols = rows.select(ROW, *ENTITY_COLUMNS[entity], *([OWN] if OWN in rows.columns else []))
+            split = split_rows(cols, entity, buckets, 1, origin, span, lookback_us)
+            blocks = _blocks(max(p.height for p in split.values()), span, partition_rows, lookback_us)
+            if blocks > 1:
+                block_us = math.ceil(span / blocks)
+                split = split_rows(cols, entity, buckets, blocks, origin, block_us, lookback_us)
+            for part in split.values():
+                entities.append(entity)
+                positions.append(part.filter(OWN).get_column(ROW))
+                yield entity, part.drop(ROW)
+
+    done = eng.map(_entity_windows, partitions(), cfg, send=True)
     out = pl.concat(
         [
             _in_row_order(
-                [w for (e, _), w in zip(items, done, strict=True) if e == entity],
-                [p for (e, _), p in zip(items, positions, strict=True) if e == entity],
+                [w for e, w in zip(entities, done, strict=True) if e == entity],
+                [p for e, p in zip(entities, positions, strict=True) if e == entity],
             )
             for entity in ENTITIES
         ],

@@ -279,29 +279,25 @@ def build(
     generation = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     folder = posixpath.join(base, generation)
     buckets = max(eng.workers, math.ceil(n / eng.partition_rows))
-    by_customer = eng.exchange_futures(
+    by_customer = eng.exchange(
         pieces,
         scaled.split_piece,
         (storage, settings.data, settings.features, labelled_only, buckets),
         scaled.combine_customers,
         (settings.features,),
-        send=False,
     )
-    written = eng.exchange_futures(
+    written = eng.exchange(
         [by_customer.pop(k) for k in sorted(by_customer)],  # held nowhere else: released once split
         scaled.split_terminals,
         (buckets,),
         write_part,
         (settings.features, storage, folder),
-        send=False,
     )
     entries = eng.client.gather([eng.client.submit(_entry, written[k]) for k in sorted(written)])
     parts = [part for part, _ in entries]
     columns = entries[0][1] if entries else []
     # the content hash: the row hashes sorted range by range on the workers, fetched one range at a time
-    ranges = eng.exchange_futures(
-        [written.pop(k) for k in sorted(written)], split_hashes, (buckets,), sort_range, (), send=False
-    )
+    ranges = eng.exchange([written.pop(k) for k in sorted(written)], split_hashes, (buckets,), sort_range, ())
     hashes = (eng.client.gather(ranges.pop(r)) for r in sorted(ranges))
     rows, frauds = sum(p.rows for p in parts), sum(p.frauds for p in parts)
     fingerprint: dict[str, object] = {"content_sha256": content_sha256(columns, hashes), "n_rows": rows}
