@@ -18,6 +18,7 @@ import contextvars
 import itertools
 import math
 import operator
+import time
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +39,7 @@ K = TypeVar("K", bound=Hashable)
 _CURRENT: contextvars.ContextVar[Engine | None] = contextvars.ContextVar("fraudops_compute", default=None)
 CONNECT_TIMEOUT = "30s"
 LOST_DATA_ROUNDS = 3
+RESEND_PAUSE_S = 0.5
 
 
 def _pick(parts: dict[Any, Any], key: Any) -> Any:
@@ -65,7 +67,17 @@ class Engine:
 
     def broadcast(self, value: T) -> Future:
         """``value`` copied once to every worker (not once per task); pass the future to :meth:`map`."""
-        return self.client.scatter(value, broadcast=True, hash=False)
+        return self._scatter(value, broadcast=True)
+
+    def _scatter(self, value: Any, broadcast: bool = False) -> Future:
+        """``value`` sent to a worker (every worker: ``broadcast``), again when one it was sent to had just
+        died (the scheduler still listed it)."""
+        for attempt in range(1, LOST_DATA_ROUNDS + 1):
+            try:
+                return self.client.scatter(value, broadcast=broadcast, hash=False)
+            except OSError:  # distributed's CommClosedError: the worker is gone
+                time.sleep(RESEND_PAUSE_S * attempt)
+        return self.client.scatter(value, broadcast=broadcast, hash=False)
 
     def map(
         self,
@@ -104,7 +116,7 @@ class Engine:
             futures = {
                 i: self.client.submit(
                     fn,
-                    self.client.scatter(item, hash=False) if send else item,
+                    self._scatter(item) if send else item,
                     *args,
                     key=self._key(name),
                     pure=False,
