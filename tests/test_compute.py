@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import cloudpickle
 import numpy as np
 import polars as pl
 import pytest
-from distributed import Client, WorkerPlugin
+from distributed import Client
 
 from fraudops import compute, features
 from fraudops.config import ComputeConfig, FeaturesConfig, SimulateConfig
 from fraudops.data.simulate import simulate
 from fraudops.errors import ConfigError
 from fraudops.features import engine, scaled
+from worker_kill import killing
 
 pytestmark = pytest.mark.slow
 
@@ -84,40 +80,17 @@ def test_features_for_new_rows_over_history_equal_the_local_engine(
     assert_same(local, dist, FeaturesConfig())
 
 
-class KillOnTask(WorkerPlugin):
-    """A worker plugin: the first worker to start a ``task`` kills itself (SIGKILL), losing the task and
-    the partitions sent to it; the marker file keeps it to once."""
-
-    def __init__(self, task: str, marker: str) -> None:
-        self.task, self.marker = task, marker
-
-    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
-        if finish != "executing" or self.task not in str(key):
-            return
-        try:
-            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def test_a_worker_killed_mid_features_the_partitions_are_sent_again(
     dask_client: Client, tx: pl.DataFrame, tmp_path: Path
 ) -> None:
     """Partitions live on one worker: its death loses them, and they are sent again (Engine.map)."""
     local = engine.add_features(tx, SHORT)
-    pids = set(dask_client.run(os.getpid).values())
     marker = tmp_path / "killed"
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    dask_client.register_plugin(KillOnTask("_entity_windows", str(marker)), name="kill-features")
-    try:
-        with compute.attach(dask_client, partition_rows=3_000):
-            dist = features.add_features(tx, SHORT)
-    finally:
-        dask_client.unregister_worker_plugin("kill-features")
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    with (
+        killing(dask_client, "_entity_windows", marker) as pids,
+        compute.attach(dask_client, partition_rows=3_000),
+    ):
+        dist = features.add_features(tx, SHORT)
     assert marker.exists() and int(marker.read_text()) in pids, "no worker was killed"
     assert_same(local, dist, SHORT)
     dask_client.wait_for_workers(2, timeout=60)  # its nanny restarted it, for the next tests

@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import os
 import posixpath
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import numpy as np
 import polars as pl
 import pytest
-from distributed import Client, WorkerPlugin
+from distributed import Client
 
 from fraudops import compute
 from fraudops.batch.step import batch_step
@@ -33,6 +29,7 @@ from fraudops.workspace import init_workspace
 from fraudops.workspace.layout import CURRENT, DRIFT_CSV, FEATURE_TABLES, PREDICTIONS, PROD_INPUTS, RAW
 from fraudops.workspace.storage import Storage
 from helpers import dask_run_workspace, open_ws, train_register_promote, write_days
+from worker_kill import killing
 
 pytestmark = pytest.mark.slow
 
@@ -86,34 +83,6 @@ def test_batch_on_the_cluster_gives_the_local_predictions(dask_client: Client, t
         assert frame["fraud_probability"].n_unique() > 10
 
 
-class KillWhileWriting(WorkerPlugin):
-    """A worker plugin: the first worker to start a ``task`` kills itself (SIGKILL) once a hidden
-    temporary output is in the folder (or below), i.e. in the middle of writing; the marker file keeps it
-    to once."""
-
-    def __init__(self, folder: str, marker: str, task: str = "score_partition") -> None:
-        self.folder, self.marker, self.task = folder, marker, task
-
-    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
-        if finish != "executing" or self.task not in str(key):
-            return
-        try:
-            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        threading.Thread(target=self._kill, daemon=True).start()
-
-    def _kill(self) -> None:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if any(n.startswith(".") for _, _, names in os.walk(self.folder) for n in names):
-                break
-            time.sleep(0.001)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def test_a_worker_killed_mid_batch_the_step_completes_and_leaves_no_partial_output(
     dask_client: Client, tx_ws: dict[str, Any]
 ) -> None:
@@ -128,16 +97,12 @@ def test_a_worker_killed_mid_batch_the_step_completes_and_leaves_no_partial_outp
             copies.append(f"{stem}-copy{copy}{ext}")
             storage.write_bytes(copies[-1], storage.read_bytes(rel))
     storage.delete(PREDICTIONS, recursive=True)
-    pids = set(dask_client.run(os.getpid).values())
     marker = ws.parent / "killed"
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    dask_client.register_plugin(KillWhileWriting(str(ws / PREDICTIONS), str(marker)), name="kill")
-    try:
-        with compute.attach(dask_client):
-            result = batch_step(StepContext(settings, storage))
-    finally:
-        dask_client.unregister_worker_plugin("kill")
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    with (
+        killing(dask_client, "score_partition", marker, ws / PREDICTIONS) as pids,
+        compute.attach(dask_client),
+    ):
+        result = batch_step(StepContext(settings, storage))
     killed = [int(marker.read_text())] if marker.exists() else []
     assert killed and killed[0] in pids, "no worker was killed"
     assert not result.failed and result.totals.files == HELD_OUT * 4
@@ -157,17 +122,13 @@ def test_a_worker_killed_while_writing_a_feature_table_part_the_table_is_whole(
     """Its part is rewritten by the rerun task (the lost work recomputed from the files), the killed
     attempt's temporary removed: the table holds every row once, as loaded here."""
     settings, storage = open_ws(tx_ws["ws"])
-    pids = set(dask_client.run(os.getpid).values())
     marker = tx_ws["ws"].parent / "killed-table"
     folder = tx_ws["ws"] / FEATURE_TABLES
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    dask_client.register_plugin(KillWhileWriting(str(folder), str(marker), "write_part"), name="kill")
-    try:
-        with compute.attach(dask_client, partition_rows=3_000) as eng:
-            built = table.build(eng, storage, settings, "killed", [RAW], labelled_only=True)
-    finally:
-        dask_client.unregister_worker_plugin("kill")
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    with (
+        killing(dask_client, "write_part", marker, folder) as pids,
+        compute.attach(dask_client, partition_rows=3_000) as eng,
+    ):
+        built = table.build(eng, storage, settings, "killed", [RAW], labelled_only=True)
     assert marker.exists() and int(marker.read_text()) in pids, "no worker was killed"
     assert built.manifest.fingerprint == fingerprint(
         load_folder(storage, [RAW], settings.data, labelled_only=True)
