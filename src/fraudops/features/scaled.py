@@ -65,9 +65,9 @@ def _bucket(key: pl.Expr, dtype: pl.DataType, buckets: int) -> pl.Expr:
 def split_rows(
     rows: pl.DataFrame, entity: str, buckets: int, blocks: int, origin: int, block_us: int, lookback_us: int
 ) -> dict[tuple[int, int], pl.DataFrame]:
-    """One slice's rows by (bucket of their customer or terminal, time block), plus each row again as
-    look-back of the next block when it lies within ``lookback_us`` of its start. Rows whose ``OWN`` is
-    false (a column the slice may have) are look-back everywhere."""
+    """Rows by (bucket of their customer or terminal, time block), plus each row again as look-back of
+    the next block when it lies within ``lookback_us`` of its start. Rows whose ``OWN`` is false (a
+    column ``rows`` may have) are look-back everywhere."""
     key = ENTITIES[entity]
     t = pl.col(TIME).dt.epoch("us") - origin
     keyed = rows.with_columns(
@@ -122,12 +122,13 @@ def cluster_windows(
     origin, span = int(times.min()), int(times.max()) - int(times.min()) + 1  # type: ignore[arg-type]
     lookback_us = lookback_days(cfg) * US_PER_DAY
     buckets = max(eng.workers, math.ceil(n / partition_rows))
-    entities: list[str] = []
-    positions: list[pl.Series] = []
+    entities: list[str] = []  # each partition's entity, in the order sent
+    positions: dict[str, list[pl.Series]] = {entity: [] for entity in ENTITIES}
 
     def partitions() -> Iterator[tuple[str, pl.DataFrame]]:
         for entity in ENTITIES:
             cols = rows.select(ROW, *ENTITY_COLUMNS[entity], *([OWN] if OWN in rows.columns else []))
+            # buckets alone first: their sizes tell whether an id needs time blocks (rarely: then split again)
             split = split_rows(cols, entity, buckets, 1, origin, span, lookback_us)
             blocks = _blocks(max(p.height for p in split.values()), span, partition_rows, lookback_us)
             if blocks > 1:
@@ -135,20 +136,14 @@ def cluster_windows(
                 split = split_rows(cols, entity, buckets, blocks, origin, block_us, lookback_us)
             for part in split.values():
                 entities.append(entity)
-                positions.append(part.filter(OWN).get_column(ROW))
+                positions[entity].append(part.filter(OWN).get_column(ROW))
                 yield entity, part.drop(ROW)
 
-    done = eng.map(_entity_windows, partitions(), cfg, send=True)
-    out = pl.concat(
-        [
-            _in_row_order(
-                [w for e, w in zip(entities, done, strict=True) if e == entity],
-                [p for e, p in zip(entities, positions, strict=True) if e == entity],
-            )
-            for entity in ENTITIES
-        ],
-        how="horizontal",
-    )
+    done = eng.map(_entity_windows, partitions(), cfg, send=True)  # fills entities and positions
+    windows: dict[str, list[pl.DataFrame]] = {entity: [] for entity in ENTITIES}
+    for entity, part_windows in zip(entities, done, strict=True):
+        windows[entity].append(part_windows)
+    out = pl.concat([_in_row_order(windows[e], positions[e]) for e in ENTITIES], how="horizontal")
     own = int(narrow.get_column(OWN).sum()) if OWN in narrow.columns else n
     if out.height != own:
         raise RuntimeError(f"scaled features: {out.height} rows computed for {own} (partitioning is broken)")
