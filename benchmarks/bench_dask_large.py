@@ -11,13 +11,16 @@ files); the last ``--score-days`` day files are moved to prod_inputs/ without th
 do it with ``compute.engine: dask``:
 
 - **features**: the labelled history's feature table built by the workers (:func:`fraudops.features.
-  table.build`: pieces read on the workers, shuffled by customer then terminal, parts written there), then
-  training's windows read from it (:func:`fraudops.modeling.splits.split`) into this process;
-- **batch**: a small XGBoost model fitted here on (a sample of) the fit window; the history table built by
-  the workers; the prod_inputs/ files' valid rows read by the workers (each file's view of the others);
-  every file scored by a task that reads only its look-back from the table;
-- **drift**: the validation window as reference, the labelled table's last 7 days as current, one task
-  per feature column (:func:`fraudops.monitoring.stats.drift_table`).
+  table.build`: pieces read on the workers, shuffled by customer then terminal, parts written there);
+- **training**: :func:`fraudops.modeling.train.train_models` on that table, as the train step runs it
+  (both candidates; XGBoost with the configured parameters but at most ``--trees`` trees): the workers
+  read the windows, the fit window stays on them above ``compute.train_in_memory_rows`` (XGBoost trains
+  there with ``xgboost.dask``; logistic regression here on a sample);
+- **batch**: the trained model; the history table built by the workers; the prod_inputs/ files' valid
+  rows read by the workers (each file's view of the others); every file scored by a task that reads only
+  its look-back from the table;
+- **drift**: the validation window (read here) as reference, the labelled table's last 7 days as
+  current, one task per feature column (:func:`fraudops.monitoring.stats.drift_table`).
 
 Memory, per phase: each worker's peak RSS (its ``VmHWM``, reset before the phase through
 ``/proc/self/clear_refs``; and its nanny's figure sampled every 0.5 s through the scheduler, which also
@@ -189,6 +192,9 @@ def main() -> int:
     parser.add_argument("--memory-limit", default="4GB")
     parser.add_argument("--partition-rows", type=int, default=2_000_000)
     parser.add_argument("--probe-days", type=int, nargs=2, default=[30, 60])
+    parser.add_argument(
+        "--trees", type=int, default=100, help="XGBoost's most trees (the configured ones: 1000, hours here)"
+    )
     parser.add_argument("--workspace", help="kept (and reused) here; default: a temporary folder")
     parser.add_argument(
         "--reuse-tables",
@@ -201,15 +207,13 @@ def main() -> int:
     from fraudops import process
 
     process.configure()
-    import numpy as np
     import pyarrow.parquet as pq
     from dask.utils import parse_bytes
 
     from fraudops import compute
     from fraudops.batch.step import peer_history, score_partition
     from fraudops.features import feature_names, table
-    from fraudops.modeling.splits import split
-    from fraudops.modeling.train import fit_xgboost
+    from fraudops.modeling.train import FITTED_ROWS, TRAINED_ON, train_models
     from fraudops.monitoring.stats import drift_table
     from fraudops.workspace import load_settings
     from fraudops.workspace.layout import FEATURE_TABLES, PROD_INPUTS
@@ -239,14 +243,19 @@ def main() -> int:
             assert isinstance(labelled, table.FeatureTable)
             out["transactions"] = labelled.rows
             out["parts"] = len(labelled.manifest.parts)
-            parts = phases.run("training_window", lambda: split(labelled, settings))
-            out["training_window_rows"] = parts.fit.height + parts.valid.height + parts.test.height
-
-            sample = parts.fit.sample(min(parts.fit.height, 200_000), seed=0)
-            xgb = {**settings.train.xgboost, "n_estimators": 100, "early_stopping_rounds": None}
-            cfg = settings.train.model_copy(update={"xgboost": xgb})
-            x = sample.select(names).to_numpy().astype(np.float32)
-            model = fit_xgboost(x, sample["TX_FRAUD"].to_numpy(), names, cfg)
+            xgb = {**settings.train.xgboost, "n_estimators": args.trees, "early_stopping_rounds": 10}
+            settings.train = settings.train.model_copy(update={"xgboost": xgb})
+            trained = phases.run("training", lambda: train_models(labelled, settings))
+            model = trained.model
+            out["training"] = {
+                "rows": trained.data["rows"],
+                "candidates": {
+                    k: {f: v[f] for f in (TRAINED_ON, FITTED_ROWS, "n_estimators", "seconds") if f in v}
+                    | {"test_average_precision": v["test"]["average_precision"]}
+                    for k, v in trained.candidates.items()
+                },
+                "chosen": model.kind,
+            }
 
             history = phases.run("history_table", lambda: table.history(storage, settings))
             files = storage.ls(PROD_INPUTS)
@@ -276,8 +285,10 @@ def main() -> int:
             phases.run("batch", batch)
             last = labelled.days[1]
             current = labelled.window(last - dt.timedelta(days=6), last + dt.timedelta(days=1))
-            drift = phases.run("drift", lambda: drift_table(parts.valid, current, names, settings.monitor))
-            out["drift_rows"] = {"reference": parts.valid.height, "current": current.height}
+            w = {k: dt.date.fromisoformat(v) for k, v in trained.windows.items()}
+            valid = labelled.window(w["valid_start"], w["train_end"])
+            drift = phases.run("drift", lambda: drift_table(valid, current, names, settings.monitor))
+            out["drift_rows"] = {"reference": valid.height, "current": current.height}
             out["drifted_features"] = int(drift["drift_detected"].sum())
         except PhaseFailed as e:
             out["failed_phase"] = str(e)

@@ -1,5 +1,7 @@
 """Training on a real Dask LocalCluster: a window above ``compute.train_in_memory_rows`` trains XGBoost with
-xgboost.dask, close to the in-memory model, and the result registers and scores like any other."""
+xgboost.dask, close to the in-memory model, and the result registers and scores like any other; read from
+a feature table, the windows are the local engine's and a fit window above the limit stays on the
+workers."""
 
 from __future__ import annotations
 
@@ -15,14 +17,17 @@ from fraudops.batch.step import batch_step
 from fraudops.config import Settings, SimulateConfig, TrainConfig
 from fraudops.context import StepContext
 from fraudops.data import simulate
-from fraudops.data.schema import LABEL, SCENARIO, to_file_columns
-from fraudops.modeling import registry, train
+from fraudops.data.schema import LABEL, SCENARIO, TX_ID, to_file_columns
+from fraudops.features.table import FeatureTable, labelled
+from fraudops.modeling import registry, splits, train
+from fraudops.modeling.explain import USUAL
 from fraudops.promotion.champion import select_champion_step
 from fraudops.promotion.register import register_step
 from fraudops.tracking.client import client
 from fraudops.workspace import init_workspace
 from fraudops.workspace.layout import PREDICTIONS, PROD_INPUTS, RAW
 from fraudops.workspace.storage import Storage
+from helpers import write_days
 
 pytestmark = pytest.mark.slow
 
@@ -119,3 +124,62 @@ def test_the_cluster_trained_model_is_recorded_registered_and_scores(
     assert not result.failed and result.totals.files == 2
     scores = pl.concat([storage.read_frame(rel) for rel in storage.ls(PREDICTIONS)])["fraud_probability"]
     assert scores.len() == sum(f.height for _, f in days[-2:]) and scores.n_unique() > 10
+
+
+@pytest.fixture(scope="module")
+def built(dask_client: Client, tx: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> FeatureTable:
+    """The simulation in data/raw/, its labelled feature table built by the cluster."""
+    ws = tmp_path_factory.mktemp("table") / "ws"
+    ws.mkdir()
+    settings, _ = init_workspace(str(ws))
+    storage = Storage(settings.workspace)
+    write_days(storage, settings, RAW, list(simulate.iter_days(tx)))
+    with compute.attach(dask_client):
+        table = labelled(storage, settings)
+    assert isinstance(table, FeatureTable)
+    return table
+
+
+def test_the_tables_windows_read_by_the_workers_are_the_local_engines(
+    dask_client: Client, built: FeatureTable, tx: pl.DataFrame
+) -> None:
+    settings = settings_for(10**9)
+    names = train.input_names(built, settings)
+    local = splits.split(tx, settings)
+    with compute.attach(dask_client):
+        cluster = splits.split(built, settings, names)
+    assert cluster.windows == local.windows
+    for mine, theirs in ((cluster.fit, local.fit), (cluster.valid, local.valid), (cluster.test, local.test)):
+        assert isinstance(mine, pl.DataFrame)
+        assert mine[TX_ID].to_list() == theirs[TX_ID].to_list()  # same rows, same (time, id) order
+        assert mine[LABEL].to_list() == theirs[LABEL].to_list()
+        np.testing.assert_allclose(mine.select(names).to_numpy(), theirs.select(names).to_numpy(), rtol=1e-9)
+    assert cluster.test_all is not None and local.test_all is not None
+    assert cluster.test_all.height == local.test_all.height > cluster.test.height  # known cards removed
+
+
+def test_a_fit_window_above_the_limit_stays_on_the_workers(
+    dask_client: Client, built: FeatureTable, in_memory: train.Trained
+) -> None:
+    limit = 3000
+    settings = settings_for(limit)
+    names = train.input_names(built, settings)
+    with compute.attach(dask_client):
+        parts = splits.split(built, settings, names)
+        assert isinstance(parts.fit, splits.OnWorkers)
+        assert parts.fit.height == in_memory.data["rows"]["fit"] > limit
+        assert parts.fit.frauds == in_memory.data["frauds"]["fit"]
+        arrays = train.Arrays.of(parts, names, settings.train.seed)
+        assert arrays.x_fit.shape == (parts.fit.height, len(names))  # Dask arrays of the workers' blocks
+        assert int(arrays.y_fit.sum().compute()) == parts.fit.frauds
+        assert len(arrays.y_train) == parts.fit.height + parts.valid.height
+        sampled = len(arrays.local[3])  # what this process holds: a uniform sample of the window
+        assert 0.8 * limit < sampled < 1.2 * limit
+        trained = train.train_models(built, settings)
+    assert trained.data["rows"] == in_memory.data["rows"] and trained.windows == in_memory.windows
+    xgb, logistic = trained.candidates["xgboost"], trained.candidates["logistic_regression"]
+    assert xgb[train.TRAINED_ON] == "dask" and xgb[train.FITTED_ROWS] == len(arrays.y_train)
+    assert logistic[train.TRAINED_ON] == "local" and logistic[train.FITTED_ROWS] < 1.2 * limit
+    ap, ap_local = trained.metrics["average_precision"], in_memory.metrics["average_precision"]
+    assert abs(ap - ap_local) <= AP_TOLERANCE, (ap, ap_local)
+    assert trained.model.info[USUAL].keys() == in_memory.model.info[USUAL].keys()

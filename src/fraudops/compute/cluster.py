@@ -69,6 +69,10 @@ class Engine:
         """``value`` copied once to every worker (not once per task); pass the future to :meth:`map`."""
         return self._scatter(value, broadcast=True)
 
+    def send(self, value: T) -> Future:
+        """``value`` copied to one worker, for tasks and :meth:`matrix` to use there."""
+        return self._scatter(value)
+
     def _scatter(self, value: Any, broadcast: bool = False) -> Future:
         """``value`` sent to a worker (every worker: ``broadcast``), again when one it was sent to had just
         died (the scheduler still listed it)."""
@@ -184,46 +188,70 @@ class Engine:
             for k, ps in pieces.items()
         }
 
-    def _arrays(self, x: np.ndarray, y: np.ndarray) -> tuple[Array, Array]:
-        """``x`` and ``y`` as Dask arrays of row blocks (at most ``partition_rows``, at least one per worker),
-        each block's rows and labels sent together to one worker."""
+    def each(self, fn: Callable[..., Any], items: Iterable[Any], *args: Any) -> list[Future]:
+        """One task ``fn(item, *args)`` per item whose result stays on the workers (items may be futures
+        of earlier results, which resolve there): for :meth:`gather` or :meth:`matrix`. A lost result is
+        recomputed by the scheduler from its task."""
+        return [self.submit(fn, item, *args) for item in items]
+
+    def gather(self, futures: Sequence[Future]) -> list[Any]:
+        return list(self.client.gather(list(futures)))
+
+    def matrix(self, blocks: Sequence[Future], rows: Sequence[int], columns: int) -> tuple[Array, Array]:
+        """Dask arrays ``x`` (float32, ``columns`` wide) and ``y`` (int32) of row blocks the workers hold,
+        each a future of an ``(x, y)`` pair of ``rows[i]`` rows (empty blocks are left out)."""
         import dask
         import dask.array as da
+        import numpy as np
 
-        rows = max(1, min(self.partition_rows, math.ceil(len(y) / max(self.workers, 1))))
-        blocks = [(x[i : i + rows], y[i : i + rows]) for i in range(0, len(y), rows)]
-        sent = self.client.scatter(blocks, hash=False)
+        kept = [(f, n) for f, n in zip(blocks, rows, strict=True) if n]
 
-        def column(j: int) -> Array:
+        def column(j: int, shape: Callable[[int], tuple[int, ...]], dtype: type) -> Array:
             return da.concatenate(
                 [
-                    da.from_delayed(dask.delayed(operator.getitem)(f, j), shape=b[j].shape, dtype=b[j].dtype)
-                    for f, b in zip(sent, blocks, strict=True)
+                    da.from_delayed(dask.delayed(operator.getitem)(f, j), shape=shape(n), dtype=dtype)
+                    for f, n in kept
                 ]
             )
 
-        return column(0), column(1)
+        return column(0, lambda n: (n, columns), np.float32), column(1, lambda n: (n,), np.int32)
+
+    def _arrays(self, x: np.ndarray, y: np.ndarray) -> tuple[Array, Array]:
+        """``x`` and ``y`` as Dask arrays of row blocks (at most ``partition_rows``, at least one per worker),
+        each block's rows and labels sent together to one worker."""
+        rows = max(1, min(self.partition_rows, math.ceil(len(y) / max(self.workers, 1))))
+        starts = range(0, len(y), rows)
+        sent = self.client.scatter([(x[i : i + rows], y[i : i + rows]) for i in starts], hash=False)
+        return self.matrix(sent, [len(y[i : i + rows]) for i in starts], x.shape[1])
 
     def fit_xgboost(
         self,
         params: dict[str, Any],
-        x: np.ndarray,
-        y: np.ndarray,
+        x: np.ndarray | Array,
+        y: np.ndarray | Array,
         *,
         eval_set: tuple[np.ndarray, np.ndarray] | None,
         early_stopping_rounds: int | None,
     ) -> tuple[xgboost.Booster, int | None]:
         """An ``XGBClassifier(**params)`` fitted with ``xgboost.dask`` over row blocks on the workers
         (each worker builds its DMatrix from its blocks; histograms are summed across workers), early
-        stopping on ``eval_set`` if given. Each worker trains with its own threads (``n_jobs`` is
+        stopping on ``eval_set`` if given. ``x`` and ``y`` are sent as blocks, or are Dask arrays of blocks
+        the workers hold already (:meth:`matrix`). Each worker trains with its own threads (``n_jobs`` is
         dropped). Returns the ordinary booster and the best iteration (None without early stopping)."""
+        import numpy as np
+        from dask.array import Array
         from xgboost import dask as dxgb
 
         clf = dxgb.DaskXGBClassifier(
             **{**params, "n_jobs": None}, early_stopping_rounds=early_stopping_rounds
         )
         clf.client = self.client
-        x_d, y_d = self._arrays(x, y)
+        x_d: Array
+        y_d: Array
+        if isinstance(x, Array) and isinstance(y, Array):
+            x_d, y_d = x, y
+        else:
+            x_d, y_d = self._arrays(np.asarray(x), np.asarray(y))
         evals = None if eval_set is None else [self._arrays(*eval_set)]
         clf.fit(x_d, y_d, eval_set=evals, verbose=False)
         best = clf.best_iteration if eval_set is not None and early_stopping_rounds else None

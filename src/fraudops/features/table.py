@@ -111,11 +111,8 @@ class FeatureTable:
     ) -> pl.DataFrame:
         """Its rows of the days ``start`` (inclusive) to ``end`` (exclusive), in (time, id) order; ``keep``
         filters each part's rows as they are read (only what it leaves is held)."""
-        frames = [_read_days(self.storage, p.rel, start, end, columns) for p in self.manifest.parts]
-        frames = [kept for f in frames if (kept := keep(f) if keep and f.height else f).height]
-        if not frames:
-            return pl.DataFrame(schema=_schema(self.storage, self.manifest.parts[0].rel, columns))
-        return _sorted(pl.concat(frames, how="diagonal_relaxed"))
+        frames = [read_days(self.storage, p.rel, start, end, columns) for p in self.manifest.parts]
+        return in_order([keep(f) if keep and f.height else f for f in frames])
 
     def lookback(
         self,
@@ -151,10 +148,16 @@ class FeatureTable:
     def frauds_of(self, columns: list[str]) -> pl.DataFrame:
         """Its frauds (label 1), read a part at a time: what tells which cards are known to be compromised."""
         frames = [
-            _read_days(self.storage, p.rel, None, None, [*columns, LABEL]).filter(pl.col(LABEL) == 1)
+            read_days(self.storage, p.rel, None, None, [*columns, LABEL]).filter(pl.col(LABEL) == 1)
             for p in self.manifest.parts
         ]
         return pl.concat(frames, how="diagonal_relaxed").select(*columns, LABEL)
+
+
+def in_order(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Rows of several parts as one frame in (time, id) order (the first part's, empty, if all are)."""
+    rows = [f for f in frames if f.height]
+    return _sorted(pl.concat(rows, how="diagonal_relaxed")) if rows else frames[0]
 
 
 def _sorted(rows: pl.DataFrame) -> pl.DataFrame:
@@ -177,13 +180,7 @@ def _day(value: object) -> dt.date:
     return value
 
 
-def _schema(storage: Storage, rel: str, columns: list[str] | None) -> pl.Schema:
-    with storage.open_read(rel) as f:
-        schema = pl.read_parquet_schema(f)
-    return pl.Schema({c: t for c, t in schema.items() if columns is None or c in columns})
-
-
-def _read_days(
+def read_days(
     storage: Storage, rel: str, start: dt.date | None, end: dt.date | None, columns: list[str] | None
 ) -> pl.DataFrame:
     """One part's rows of the days [start, end) (None: all): only the row groups whose time range meets
@@ -204,9 +201,8 @@ def _read_days(
             unknown = stats is None or not stats.has_min_max
             if unknown or (_day(stats.max) >= start - margin and _day(stats.min) < end + margin):
                 groups.append(i)
-        if not groups:
-            return pl.DataFrame()
-        df = pl.from_arrow(pf.read_row_groups(groups, columns=columns))
+        table = pf.read_row_groups(groups, columns=columns) if groups else pf.schema_arrow.empty_table()
+        df = pl.from_arrow(table.select(columns) if columns is not None else table)
     assert isinstance(df, pl.DataFrame)
     day = pl.col(TX_TIME).dt.date()
     return df.filter((day >= start) & (day < end))
@@ -293,12 +289,12 @@ def build(
         write_part,
         (settings.features, storage, folder),
     )
-    entries = eng.client.gather([eng.client.submit(_entry, written[k]) for k in sorted(written)])
+    entries = eng.gather(eng.each(_entry, [written[k] for k in sorted(written)]))
     parts = [part for part, _ in entries]
     columns = entries[0][1] if entries else []
     # the content hash: the row hashes sorted range by range on the workers, fetched one range at a time
     ranges = eng.exchange([written.pop(k) for k in sorted(written)], split_hashes, (buckets,), sort_range, ())
-    hashes = (eng.client.gather(ranges.pop(r)) for r in sorted(ranges))
+    hashes = (eng.gather([ranges.pop(r)])[0] for r in sorted(ranges))
     rows, frauds = sum(p.rows for p in parts), sum(p.frauds for p in parts)
     fingerprint: dict[str, object] = {"content_sha256": content_sha256(columns, hashes), "n_rows": rows}
     if LABEL in columns:

@@ -13,21 +13,51 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from fraudops import features
+from fraudops import compute, features
 from fraudops.config import Settings, TrainConfig
-from fraudops.data.schema import LABEL, TX_TIME
+from fraudops.data.schema import CUSTOMER, LABEL, TX_ID, TX_TIME
 from fraudops.errors import FraudopsError
-from fraudops.features.table import FeatureTable
+from fraudops.features.table import FeatureTable, in_order, read_days
 from fraudops.modeling import evaluate
+from fraudops.workspace.storage import Storage
+
+
+def model_arrays(rows: pl.DataFrame, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows as model inputs: a float32 matrix of the ``names`` columns and int32 labels."""
+    return rows.select(names).to_numpy().astype(np.float32), rows[LABEL].to_numpy().astype(np.int32)
+
+
+@dataclasses.dataclass
+class OnWorkers:
+    """A fit window of more rows than ``compute.train_in_memory_rows``, left on the Dask workers: a future
+    of each table part's rows there (what :class:`~fraudops.modeling.train.Arrays` makes XGBoost's
+    inputs of), their counts and frauds."""
+
+    frames: list[Any]
+    rows: list[int]
+    frauds: int
+    rate: float
+    """The fraction of the training window's rows that fits this process (its sample's)."""
+
+    @property
+    def height(self) -> int:
+        return sum(self.rows)
+
+    def hand_over(self) -> list[Any]:
+        """The futures of the rows, no longer held here: once made into model inputs, the workers free
+        the rows (they recompute them from the table should a worker with their inputs die)."""
+        frames, self.frames = self.frames, []
+        return frames
 
 
 @dataclasses.dataclass
 class Split:
-    fit: pl.DataFrame
+    fit: pl.DataFrame | OnWorkers
     valid: pl.DataFrame
     test: pl.DataFrame
     windows: dict[str, str]
@@ -36,6 +66,7 @@ class Split:
 
     @property
     def train(self) -> pl.DataFrame:
+        assert isinstance(self.fit, pl.DataFrame), "the fit window is on the workers"
         return pl.concat([self.fit, self.valid], how="diagonal_relaxed")
 
 
@@ -107,12 +138,69 @@ def split_transactions(df: pl.DataFrame, settings: Settings, *, latest: bool = F
     return _cut(featured, w, cfg)
 
 
-def split_feature_table(table: FeatureTable, settings: Settings, *, latest: bool = False) -> Split:
-    """:func:`split_transactions` of a feature table built on the cluster: only the windows' rows are read
-    (their features were computed over the whole history, the same to ~1e-12)."""
+def _window_of_part(
+    rel: str, storage: Storage, w: dict[str, dt.date], columns: list[str] | None
+) -> dict[str, pl.DataFrame]:
+    """A table part's rows of each window (on a worker): fit, validation, gap and test."""
+    rows = read_days(storage, rel, w["train_start"], w["test_end"], columns)
+    ends = {"fit": "valid_start", "valid": "train_end", "gap": "test_start", "test": "test_end"}
+    starts = {"fit": "train_start", "valid": "valid_start", "gap": "train_end", "test": "test_start"}
+    return {k: _between(rows, w[starts[k]], w[ends[k]]) for k in ends}
+
+
+def _frauds(rows: pl.DataFrame) -> pl.DataFrame:
+    return rows.filter(pl.col(LABEL) == 1).select(CUSTOMER, TX_TIME, LABEL)
+
+
+def _summary(windows: dict[str, pl.DataFrame]) -> dict[str, Any]:
+    """What of a part's windows this process needs: the fit window's size and frauds (the cards known to
+    be compromised), the validation and test rows, the gap's frauds."""
+    fit = windows["fit"]
+    return {
+        "fit_rows": fit.height,
+        "fit_frauds": _frauds(fit),
+        "valid": windows["valid"],
+        "gap": _frauds(windows["gap"]),
+        "test": windows["test"],
+    }
+
+
+def _fit_rows(windows: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    return windows["fit"]
+
+
+def split_feature_table(
+    table: FeatureTable, settings: Settings, columns: list[str] | None, *, latest: bool = False
+) -> Split:
+    """:func:`split_transactions` of a feature table built on the cluster (their features were computed
+    over the whole history, the same to ~1e-12), read by the workers, a part per task: only the windows'
+    row groups and of them ``columns`` (None: all) and those the split needs. The validation, gap (its
+    frauds) and test windows come to this process (thresholds, calibration, metrics and plots need them;
+    they are a fraction of the window), the fit window only if the training window holds at most
+    ``compute.train_in_memory_rows`` rows; a larger one stays on the workers (:class:`OnWorkers`)."""
+    eng = compute.current()
+    if eng is None:
+        raise FraudopsError("a feature table is read on the Dask engine (compute.engine: dask)")
     cfg = settings.train.model_copy(update={"train_start": None}) if latest else settings.train
     w = plan_windows(*table.days, cfg)
-    return _cut(table.window(w["train_start"], w["test_end"]), w, cfg)
+    read = None if columns is None else list(dict.fromkeys([*columns, CUSTOMER, TX_TIME, TX_ID, LABEL]))
+    windows = eng.each(_window_of_part, [p.rel for p in table.manifest.parts], table.storage, w, read)
+    parts = eng.gather(eng.each(_summary, windows))
+    valid, test_all = (in_order([p[k] for p in parts]) for k in ("valid", "test"))
+    known = pl.concat([*(p["fit_frauds"] for p in parts), _frauds(valid)])
+    test = evaluate.remove_known_compromised(
+        test_all, known, cfg.delay_days, gap_df=pl.concat([p["gap"] for p in parts])
+    )
+    rows = [p["fit_rows"] for p in parts]
+    limit = settings.compute.train_in_memory_rows
+    fit: pl.DataFrame | OnWorkers
+    if sum(rows) == 0 or sum(rows) + valid.height <= limit:
+        fit = in_order(eng.gather(eng.each(_fit_rows, windows)))
+    else:
+        frauds = sum(p["fit_frauds"].height for p in parts)
+        fit = OnWorkers(eng.each(_fit_rows, windows), rows, frauds, limit / (sum(rows) + valid.height))
+    text = {k: v.isoformat() for k, v in w.items()}
+    return Split(fit, valid, test, text, float(cfg.validation_days), test_all)
 
 
 def fold_windows(first: dt.date, last: dt.date, cfg: TrainConfig, folds: int) -> list[dict[str, dt.date]]:
@@ -186,9 +274,16 @@ def split_table(df: pl.DataFrame, cfg: TrainConfig) -> Split:
     return Split(fit, valid, test, windows, n_valid_days=1.0)
 
 
-def split(df: pl.DataFrame | FeatureTable, settings: Settings, *, latest: bool = False) -> Split:
+def split(
+    df: pl.DataFrame | FeatureTable,
+    settings: Settings,
+    columns: list[str] | None = None,
+    *,
+    latest: bool = False,
+) -> Split:
+    """``df`` cut into fit | validation | test; of a feature table only ``columns`` are read (None: all)."""
     if isinstance(df, FeatureTable):
-        return split_feature_table(df, settings, latest=latest)
+        return split_feature_table(df, settings, columns, latest=latest)
     if settings.data.kind == "transactions":
         return split_transactions(df, settings, latest=latest)
     return split_table(df, settings.train)

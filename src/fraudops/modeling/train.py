@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -29,13 +29,19 @@ from fraudops.modeling import calibration, evaluate, plots, tuned
 from fraudops.modeling.explain import DELAY, USUAL, usual_values
 from fraudops.modeling.model import FraudModel, LogisticModel, XGBoostModel
 from fraudops.modeling.pyfunc import log_model
-from fraudops.modeling.splits import Split, split
+from fraudops.modeling.splits import OnWorkers, Split, model_arrays, split
 from fraudops.modeling.tuned import BestParams
 from fraudops.tracking.client import client, flat_metrics, step_run
+
+if TYPE_CHECKING:
+    from dask.array import Array
 
 TRAINED_ON = "trained_on"
 """Where the model was fitted: ``local`` (this process) or ``dask`` (``xgboost.dask`` on the cluster);
 in the model's info, the candidates' summary and the train run's params."""
+FITTED_ROWS = "fitted_rows"
+"""How many rows the final fit saw: the training window's, or (logistic regression beside a window left on
+the workers) its sample's."""
 
 
 @dataclasses.dataclass
@@ -62,17 +68,24 @@ def input_names(df: pl.DataFrame | FeatureTable, settings: Settings) -> list[str
     return model_inputs(df, settings.data)
 
 
+def _counts(part: pl.DataFrame | OnWorkers) -> tuple[int, int]:
+    """A window's rows and frauds."""
+    if isinstance(part, OnWorkers):
+        return part.height, part.frauds
+    return part.height, int(part[LABEL].sum()) if part.height else 0
+
+
 def check_labels(parts: Split, cfg: TrainConfig) -> None:
     for name, part in (("fit", parts.fit), ("validation", parts.valid), ("test", parts.test)):
-        frauds = int(part[LABEL].sum()) if part.height else 0
-        if part.height == 0:
+        rows, frauds = _counts(part)
+        if rows == 0:
             raise FraudopsError(f"the {name} window has no labelled rows ({parts.windows})")
-        if frauds == part.height:
+        if frauds == rows:
             raise FraudopsError(f"the {name} window has only frauds: both classes are needed")
         if frauds < cfg.min_frauds:
             raise FraudopsError(
                 f"the {name} window has {frauds} frauds, fewer than train.min_frauds={cfg.min_frauds} "
-                f"({part.height:,} rows; windows {parts.windows})"
+                f"({rows:,} rows; windows {parts.windows})"
             )
 
 
@@ -88,7 +101,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, names: list[str], cfg: TrainConfi
     return LogisticModel(
         names,
         0.5,
-        info={TRAINED_ON: "local"},
+        info={TRAINED_ON: "local", FITTED_ROWS: len(y)},
         mean=mean,
         scale=scale,
         coef=lr.coef_[0].astype(np.float64),
@@ -96,7 +109,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, names: list[str], cfg: TrainConfi
     )
 
 
-def _positive_weight(value: float | str, y: np.ndarray) -> float:
+def _positive_weight(value: float | str, y: np.ndarray | Array) -> float:
     """xgboost.scale_pos_weight: a number, or "balanced" (genuine / frauds) or "sqrt" (its square root).
 
     The default, 1, leaves the trees unweighted: weighting the frauds up measurably lowers test average
@@ -115,8 +128,8 @@ def _positive_weight(value: float | str, y: np.ndarray) -> float:
 
 
 def fit_xgboost(
-    x: np.ndarray,
-    y: np.ndarray,
+    x: np.ndarray | Array,
+    y: np.ndarray | Array,
     names: list[str],
     cfg: TrainConfig,
     *,
@@ -157,59 +170,80 @@ def fit_xgboost(
     if best < booster.num_boosted_rounds():
         booster = booster[:best]
     booster.feature_names = None
-    info = {"n_estimators": best, TRAINED_ON: "local" if engine is None else "dask"}
+    info = {"n_estimators": best, TRAINED_ON: "local" if engine is None else "dask", FITTED_ROWS: len(y)}
     return XGBoostModel(names, 0.5, info=info, booster=booster)
 
 
-def _fit(
-    name: str,
-    x: np.ndarray,
-    y: np.ndarray,
-    names: list[str],
-    cfg: TrainConfig,
-    engine: Engine | None,
-    **kw: Any,
-) -> FraudModel:
-    if name == "logistic_regression":
-        return fit_logistic(x, y, names, cfg)
-    return fit_xgboost(x, y, names, cfg, engine=engine, **kw)
+def _sample(
+    block: tuple[np.ndarray, np.ndarray], rate: float, seed: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of a block with probability ``rate``."""
+    keep = np.random.default_rng(seed).random(len(block[1])) < rate
+    return block[0][keep], block[1][keep]
 
 
 @dataclasses.dataclass
 class Arrays:
-    """A split as model inputs: float32 matrices and int32 labels, plus what CP@k needs of the test rows."""
+    """A split as model inputs: float32 matrices and int32 labels, plus what CP@k needs of the test rows.
 
-    x_fit: np.ndarray
-    y_fit: np.ndarray
+    The fit and training windows are numpy arrays, or (a fit window left on the workers,
+    :class:`~fraudops.modeling.splits.OnWorkers`) Dask arrays of the workers' blocks; ``local`` holds
+    them (or a uniform sample of them) in this process, for the models and figures fitted here."""
+
+    x_fit: np.ndarray | Array
+    y_fit: np.ndarray | Array
     x_val: np.ndarray
     y_val: np.ndarray
-    x_train: np.ndarray
-    y_train: np.ndarray
+    x_train: np.ndarray | Array
+    y_train: np.ndarray | Array
     x_test: np.ndarray
     y_test: np.ndarray
     test_frame: pl.DataFrame
     n_valid_days: float
+    local: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    """x_fit, y_fit, x_train, y_train in this process: the windows, or their sample."""
 
     @classmethod
-    def of(cls, parts: Split, names: list[str]) -> Arrays:
-        def xy(part: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-            return part.select(names).to_numpy().astype(np.float32), part[LABEL].to_numpy().astype(np.int32)
-
-        x_fit, y_fit = xy(parts.fit)
-        x_val, y_val = xy(parts.valid)
-        x_test, y_test = xy(parts.test)
+    def of(cls, parts: Split, names: list[str], seed: int = 0) -> Arrays:
+        x_val, y_val = model_arrays(parts.valid, names)
+        x_test, y_test = model_arrays(parts.test, names)
         test_frame = parts.test.select([c for c in (CUSTOMER, TX_TIME) if c in parts.test.columns])
+        fit = parts.fit
+        x_fit: np.ndarray | Array
+        y_fit: np.ndarray | Array
+        x_train: np.ndarray | Array
+        y_train: np.ndarray | Array
+        if isinstance(fit, OnWorkers):
+            eng = compute.current()
+            assert eng is not None, "a fit window on the workers needs the Dask engine"
+            blocks = eng.each(model_arrays, fit.hand_over(), names)
+            x_fit, y_fit = eng.matrix(blocks, fit.rows, len(names))
+            valid = eng.send((x_val, y_val))
+            x_train, y_train = eng.matrix([*blocks, valid], [*fit.rows, len(y_val)], len(names))
+            some = eng.gather([eng.submit(_sample, b, fit.rate, [seed, i]) for i, b in enumerate(blocks)])
+            x_some, y_some = _sample((x_val, y_val), fit.rate, [seed, len(blocks)])
+            local = (
+                np.concatenate([x for x, _ in some]),
+                np.concatenate([y for _, y in some]),
+                np.concatenate([*(x for x, _ in some), x_some]),
+                np.concatenate([*(y for _, y in some), y_some]),
+            )
+        else:
+            x_here, y_here = model_arrays(fit, names)
+            local = (x_here, y_here, np.concatenate([x_here, x_val]), np.concatenate([y_here, y_val]))
+            x_fit, y_fit, x_train, y_train = local
         return cls(
             x_fit,
             y_fit,
             x_val,
             y_val,
-            np.concatenate([x_fit, x_val]),
-            np.concatenate([y_fit, y_val]),
+            x_train,
+            y_train,
             x_test,
             y_test,
             test_frame,
             parts.n_valid_days,
+            local,
         )
 
 
@@ -226,12 +260,23 @@ def fit_candidate(
     """One candidate as training makes it: fitted on *fit* (XGBoost early-stopped on validation), then
     refitted on the whole training window. Returns the refitted model and the first one's validation
     scores (what the candidate choice and the threshold are based on). XGBoost fits on ``engine``'s
-    workers when one is given (:func:`training_engine`); logistic regression always fits here (its
-    inputs are the window's matrix, which this process holds anyway, and it is the cheap baseline)."""
-    first = _fit(name, a.x_fit, a.y_fit, names, cfg, engine, eval_set=(a.x_val, a.y_val))
-    p_val = first.predict_proba(a.x_val)
-    refit = _fit(name, a.x_train, a.y_train, names, cfg, engine, n_estimators=first.info.get("n_estimators"))
-    return refit, p_val
+    workers when one is given (:func:`training_engine`); logistic regression, the cheap baseline,
+    always fits here, on the windows or (a window left on the workers) their sample (``a.local``)."""
+    if name == "logistic_regression":
+        x_fit, y_fit, x_train, y_train = a.local
+        if len(np.unique(y_fit)) < 2:
+            raise FraudopsError(
+                f"logistic regression fits in this process on a sample of the training window, and its "
+                f"{len(y_fit):,} rows are of one class: raise compute.train_in_memory_rows or leave "
+                "logistic_regression out of train.candidates"
+            )
+        first: FraudModel = fit_logistic(x_fit, y_fit, names, cfg)
+        return fit_logistic(x_train, y_train, names, cfg), first.predict_proba(a.x_val)
+    first = fit_xgboost(a.x_fit, a.y_fit, names, cfg, engine=engine, eval_set=(a.x_val, a.y_val))
+    trees = first.info["n_estimators"]
+    return fit_xgboost(
+        a.x_train, a.y_train, names, cfg, engine=engine, n_estimators=trees
+    ), first.predict_proba(a.x_val)
 
 
 def train_models(df: pl.DataFrame | FeatureTable, settings: Settings) -> Trained:
@@ -253,12 +298,12 @@ def train_models(df: pl.DataFrame | FeatureTable, settings: Settings) -> Trained
         raise FraudopsError(
             f"the labelled data has one class only ({LABEL} = {int(frauds > 0)}): both are needed"
         )
-    parts = split(df, settings)
     names = input_names(df, settings)
+    parts = split(df, settings, names)
     check_labels(parts, cfg)
 
-    a = Arrays.of(parts, names)
-    y_fit, y_val, x_test, y_test, test_frame = a.y_fit, a.y_val, a.x_test, a.y_test, a.test_frame
+    a = Arrays.of(parts, names, cfg.seed)
+    y_val, x_test, y_test, test_frame = a.y_val, a.x_test, a.y_test, a.test_frame
 
     candidates: dict[str, dict[str, Any]] = {}
     fitted: dict[str, tuple[FraudModel, np.ndarray]] = {}
@@ -275,6 +320,7 @@ def train_models(df: pl.DataFrame | FeatureTable, settings: Settings) -> Trained
             ),
             "seconds": time.perf_counter() - t0,
             TRAINED_ON: refit.info[TRAINED_ON],
+            FITTED_ROWS: refit.info[FITTED_ROWS],
             **({"n_estimators": refit.info["n_estimators"]} if "n_estimators" in refit.info else {}),
         }
     best = max(candidates, key=lambda n: np.nan_to_num(candidates[n]["valid_average_precision"], nan=-1))
@@ -298,14 +344,14 @@ def train_models(df: pl.DataFrame | FeatureTable, settings: Settings) -> Trained
         y_test, p_test, model.threshold, costs=cfg.threshold, frame=test_frame, k=cfg.top_k
     )
     candidates[best]["test"] = metrics
-    model.info.update({"candidate": best, "windows": parts.windows, USUAL: usual_values(names, a.x_train)})
+    model.info.update({"candidate": best, "windows": parts.windows, USUAL: usual_values(names, a.local[2])})
     if settings.data.kind == "transactions":
         model.info[DELAY] = settings.features.delay_days
     data = {
         "fingerprint": df.manifest.fingerprint if isinstance(df, FeatureTable) else fingerprint(df),
         "rows": {"fit": parts.fit.height, "valid": parts.valid.height, "test": parts.test.height},
         "frauds": {
-            "fit": int(y_fit.sum()),
+            "fit": _counts(parts.fit)[1],
             "valid": int(y_val.sum()),
             "test": int(y_test.sum()),
         },
