@@ -40,6 +40,8 @@ _CURRENT: contextvars.ContextVar[Engine | None] = contextvars.ContextVar("fraudo
 CONNECT_TIMEOUT = "30s"
 LOST_DATA_ROUNDS = 3
 RESEND_PAUSE_S = 0.5
+VIEW_SLACK_BYTES = 1 << 20
+"""A frame's Arrow buffers may exceed twice its rows' bytes by this much before it is copied to be sent."""
 
 
 def _pick(parts: dict[Any, Any], key: Any) -> Any:
@@ -261,12 +263,19 @@ class Engine:
 def _reduce_frame(df: Any) -> Any:
     """A polars frame pickled as its Arrow table: the column buffers travel out of band (pickle protocol
     5, as Dask sends and spills data), not copied through polars' own serialization (~0.4 GB/s each way).
-    Frames whose types Arrow would not give back the same (objects, categoricals) pickle as polars does."""
+    Frames whose types Arrow would not give back the same (objects, categoricals) pickle as polars does.
+    A frame that is a view of bigger buffers (a filter keeping a run of rows of a part read from Parquet)
+    is copied first: Arrow would send the whole buffers (a 6 MB window of a part: 35 MB)."""
+    import numpy as np
     import polars as pl
+    import pyarrow as pa
 
     if any(isinstance(t, pl.Object | pl.Categorical | pl.Enum) for t in df.schema.dtypes()):
         return df.__reduce_ex__(5)
-    return pl.from_arrow, (df.to_arrow(),)
+    table = df.to_arrow()
+    if table.get_total_buffer_size() > 2 * table.nbytes + VIEW_SLACK_BYTES:
+        table = table.take(pa.array(np.arange(table.num_rows)))
+    return pl.from_arrow, (table,)
 
 
 def register_polars() -> None:

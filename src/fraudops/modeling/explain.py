@@ -52,9 +52,9 @@ Phrase = Callable[[float], str]  # a feature's value -> words
 
 
 def usual_values(names: list[str], x: np.ndarray) -> dict[str, float]:
-    """The training median of each feature (what the reasons call "usual")."""
-    med = np.median(np.asarray(x, dtype=np.float64), axis=0)
-    return {n: float(v) for n, v in zip(names, med, strict=True)}
+    """The training median of each feature (what the reasons call "usual"), a column at a time (a float64
+    copy of one column, not of the matrix)."""
+    return {n: float(np.median(np.asarray(x[:, j], dtype=np.float64))) for j, n in enumerate(names)}
 
 
 def _xgboost_contributions(model: XGBoostModel, x: np.ndarray) -> np.ndarray:

@@ -186,7 +186,7 @@ def split_feature_table(
     read = None if columns is None else list(dict.fromkeys([*columns, CUSTOMER, TX_TIME, TX_ID, LABEL]))
     windows = eng.each(_window_of_part, [p.rel for p in table.manifest.parts], table.storage, w, read)
     parts = eng.gather(eng.each(_summary, windows))
-    valid, test_all = (in_order([p[k] for p in parts]) for k in ("valid", "test"))
+    valid, test_all = (in_order([p.pop(k) for p in parts]) for k in ("valid", "test"))  # pieces freed
     known = pl.concat([*(p["fit_frauds"] for p in parts), _frauds(valid)])
     test = evaluate.remove_known_compromised(
         test_all, known, cfg.delay_days, gap_df=pl.concat([p["gap"] for p in parts])

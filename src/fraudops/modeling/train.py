@@ -182,6 +182,17 @@ def _sample(
     return block[0][keep], block[1][keep]
 
 
+def _fit_and_train(
+    blocks: list[tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x_fit, y_fit, x_train, y_train of the fit window's blocks and the validation block (the last): the
+    training window's arrays, and the fit window's as views of their first rows (not a second copy)."""
+    x_train = np.concatenate([x for x, _ in blocks])
+    y_train = np.concatenate([y for _, y in blocks])
+    n_fit = len(y_train) - len(blocks[-1][1])
+    return x_train[:n_fit], y_train[:n_fit], x_train, y_train
+
+
 @dataclasses.dataclass
 class Arrays:
     """A split as model inputs: float32 matrices and int32 labels, plus what CP@k needs of the test rows.
@@ -221,16 +232,10 @@ class Arrays:
             valid = eng.send((x_val, y_val))
             x_train, y_train = eng.matrix([*blocks, valid], [*fit.rows, len(y_val)], len(names))
             some = eng.gather([eng.submit(_sample, b, fit.rate, [seed, i]) for i, b in enumerate(blocks)])
-            x_some, y_some = _sample((x_val, y_val), fit.rate, [seed, len(blocks)])
-            local = (
-                np.concatenate([x for x, _ in some]),
-                np.concatenate([y for _, y in some]),
-                np.concatenate([*(x for x, _ in some), x_some]),
-                np.concatenate([*(y for _, y in some), y_some]),
-            )
+            some.append(_sample((x_val, y_val), fit.rate, [seed, len(blocks)]))
+            local = _fit_and_train(some)
         else:
-            x_here, y_here = model_arrays(fit, names)
-            local = (x_here, y_here, np.concatenate([x_here, x_val]), np.concatenate([y_here, y_val]))
+            local = _fit_and_train([model_arrays(fit, names), (x_val, y_val)])
             x_fit, y_fit, x_train, y_train = local
         return cls(
             x_fit,
@@ -273,10 +278,9 @@ def fit_candidate(
         first: FraudModel = fit_logistic(x_fit, y_fit, names, cfg)
         return fit_logistic(x_train, y_train, names, cfg), first.predict_proba(a.x_val)
     first = fit_xgboost(a.x_fit, a.y_fit, names, cfg, engine=engine, eval_set=(a.x_val, a.y_val))
+    p_val = first.predict_proba(a.x_val)
     trees = first.info["n_estimators"]
-    return fit_xgboost(
-        a.x_train, a.y_train, names, cfg, engine=engine, n_estimators=trees
-    ), first.predict_proba(a.x_val)
+    return fit_xgboost(a.x_train, a.y_train, names, cfg, engine=engine, n_estimators=trees), p_val
 
 
 def train_models(df: pl.DataFrame | FeatureTable, settings: Settings) -> Trained:
