@@ -1,8 +1,9 @@
-"""Data larger than one process's memory on the Dask engine: features, batch scoring and drift, each worker
-under a memory limit, the command's process holding only what it reads of the feature tables.
+"""Data larger than one process's memory on the Dask engine: features, training, batch scoring and drift,
+each worker under a memory limit, the command's process holding only what it reads of the feature tables.
 
     uv run python benchmarks/bench_dask_large.py --customers 200000 --days 365 --workers 2 \\
-        --memory-limit 4GB [--workspace DIR] [--score-days 7] [--reuse-tables]
+        --memory-limit 4GB [--workspace DIR] [--score-days 7] [--reuse-tables] [--trees 100] \\
+        [--train-in-memory-rows N]
 
 Data: ``fraudops data simulate --customers N --days D`` (a Parquet file a day, written in bounded memory;
 200 000 x 365 is about 70 M transactions), run once into ``--workspace`` (reused when its data/raw/ has
@@ -193,6 +194,11 @@ def main() -> int:
     parser.add_argument("--partition-rows", type=int, default=2_000_000)
     parser.add_argument("--probe-days", type=int, nargs=2, default=[30, 60])
     parser.add_argument(
+        "--train-in-memory-rows",
+        type=int,
+        help="compute.train_in_memory_rows (default: the workspace's): the sample held by this process",
+    )
+    parser.add_argument(
         "--trees", type=int, default=100, help="XGBoost's most trees (the configured ones: 1000, hours here)"
     )
     parser.add_argument("--workspace", help="kept (and reused) here; default: a temporary folder")
@@ -224,11 +230,14 @@ def main() -> int:
     simulate(ws, args.customers, args.days, args.score_days)
     settings = load_settings(str(ws))
     settings.compute.partition_rows = args.partition_rows
+    if args.train_in_memory_rows is not None:
+        settings.compute.train_in_memory_rows = args.train_in_memory_rows
     storage = Storage(settings.workspace)
     if not args.reuse_tables:
         storage.delete(FEATURE_TABLES, recursive=True)  # measured from scratch (else reused: same inputs)
     names = feature_names(settings.features)
     out: dict[str, Any] = {"customers": args.customers, "days": args.days, "workers": args.workers}
+    out["train_in_memory_rows"] = settings.compute.train_in_memory_rows
     out["tables_reused"] = args.reuse_tables
     out["memory_limit_mb"] = parse_bytes(args.memory_limit) / 2**20
     out["load_before"] = os.getloadavg()

@@ -220,10 +220,15 @@ class Engine:
 
     def _arrays(self, x: np.ndarray, y: np.ndarray) -> tuple[Array, Array]:
         """``x`` and ``y`` as Dask arrays of row blocks (at most ``partition_rows``, at least one per worker),
-        each block's rows and labels sent together to one worker."""
-        rows = max(1, min(self.partition_rows, math.ceil(len(y) / max(self.workers, 1))))
+        each block's rows and labels sent together to one worker, the workers in turn (left to Dask, two
+        blocks could land on one worker, and the fit would depend on where they went)."""
+        workers = sorted(self.client.scheduler_info()["workers"])
+        rows = max(1, min(self.partition_rows, math.ceil(len(y) / max(len(workers), 1))))
         starts = range(0, len(y), rows)
-        sent = self.client.scatter([(x[i : i + rows], y[i : i + rows]) for i in starts], hash=False)
+        sent = [
+            self.client.scatter([(x[i : i + rows], y[i : i + rows])], workers=[workers[k % len(workers)]])[0]
+            for k, i in enumerate(starts)
+        ]
         return self.matrix(sent, [len(y[i : i + rows]) for i in starts], x.shape[1])
 
     def fit_xgboost(

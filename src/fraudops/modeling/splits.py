@@ -34,25 +34,20 @@ def model_arrays(rows: pl.DataFrame, names: list[str]) -> tuple[np.ndarray, np.n
 
 @dataclasses.dataclass
 class OnWorkers:
-    """A fit window of more rows than ``compute.train_in_memory_rows``, left on the Dask workers: a future
-    of each table part's rows there (what :class:`~fraudops.modeling.train.Arrays` makes XGBoost's
-    inputs of), their counts and frauds."""
+    """A fit window of more rows than ``compute.train_in_memory_rows``, left on the Dask workers as model
+    inputs: a future of each table part's block there (:func:`model_arrays` of its ``names`` columns;
+    XGBoost trains on them with ``xgboost.dask``), their rows and frauds."""
 
-    frames: list[Any]
+    blocks: list[Any]
     rows: list[int]
     frauds: int
+    names: list[str]
     rate: float
     """The fraction of the training window's rows that fits this process (its sample's)."""
 
     @property
     def height(self) -> int:
         return sum(self.rows)
-
-    def hand_over(self) -> list[Any]:
-        """The futures of the rows, no longer held here: once made into model inputs, the workers free
-        the rows (they recompute them from the table should a worker with their inputs die)."""
-        frames, self.frames = self.frames, []
-        return frames
 
 
 @dataclasses.dataclass
@@ -138,35 +133,37 @@ def split_transactions(df: pl.DataFrame, settings: Settings, *, latest: bool = F
     return _cut(featured, w, cfg)
 
 
-def _window_of_part(
-    rel: str, storage: Storage, w: dict[str, dt.date], columns: list[str] | None
-) -> dict[str, pl.DataFrame]:
-    """A table part's rows of each window (on a worker): fit, validation, gap and test."""
-    rows = read_days(storage, rel, w["train_start"], w["test_end"], columns)
-    ends = {"fit": "valid_start", "valid": "train_end", "gap": "test_start", "test": "test_end"}
-    starts = {"fit": "train_start", "valid": "valid_start", "gap": "train_end", "test": "test_start"}
-    return {k: _between(rows, w[starts[k]], w[ends[k]]) for k in ends}
-
-
 def _frauds(rows: pl.DataFrame) -> pl.DataFrame:
     return rows.filter(pl.col(LABEL) == 1).select(CUSTOMER, TX_TIME, LABEL)
 
 
-def _summary(windows: dict[str, pl.DataFrame]) -> dict[str, Any]:
-    """What of a part's windows this process needs: the fit window's size and frauds (the cards known to
-    be compromised), the validation and test rows, the gap's frauds."""
-    fit = windows["fit"]
+def _summary_of_part(
+    rel: str, storage: Storage, w: dict[str, dt.date], columns: list[str] | None
+) -> dict[str, Any]:
+    """What this process needs of a table part's windows (read on a worker): the fit window's size and
+    frauds (the cards known to be compromised), the validation and test rows, the gap's frauds."""
+    fit = read_days(storage, rel, w["train_start"], w["valid_start"], [CUSTOMER, TX_TIME, LABEL])
+    rest = read_days(storage, rel, w["valid_start"], w["test_end"], columns)
     return {
         "fit_rows": fit.height,
         "fit_frauds": _frauds(fit),
-        "valid": windows["valid"],
-        "gap": _frauds(windows["gap"]),
-        "test": windows["test"],
+        "valid": _between(rest, w["valid_start"], w["train_end"]),
+        "gap": _frauds(_between(rest, w["train_end"], w["test_start"])),
+        "test": _between(rest, w["test_start"], w["test_end"]),
     }
 
 
-def _fit_rows(windows: dict[str, pl.DataFrame]) -> pl.DataFrame:
-    return windows["fit"]
+def _fit_of_part(
+    rel: str, storage: Storage, w: dict[str, dt.date], columns: list[str] | None
+) -> pl.DataFrame:
+    return read_days(storage, rel, w["train_start"], w["valid_start"], columns)
+
+
+def _fit_block(
+    rel: str, storage: Storage, w: dict[str, dt.date], names: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A table part's fit window as model inputs (on a worker: only the block stays in its memory)."""
+    return model_arrays(_fit_of_part(rel, storage, w, [*names, TX_TIME, LABEL]), names)
 
 
 def split_feature_table(
@@ -177,15 +174,16 @@ def split_feature_table(
     row groups and of them ``columns`` (None: all) and those the split needs. The validation, gap (its
     frauds) and test windows come to this process (thresholds, calibration, metrics and plots need them;
     they are a fraction of the window), the fit window only if the training window holds at most
-    ``compute.train_in_memory_rows`` rows; a larger one stays on the workers (:class:`OnWorkers`)."""
+    ``compute.train_in_memory_rows`` rows; a larger one stays on the workers as the model inputs of the
+    features (:class:`OnWorkers`), each part read a second time by the task that makes its block."""
     eng = compute.current()
     if eng is None:
         raise FraudopsError("a feature table is read on the Dask engine (compute.engine: dask)")
     cfg = settings.train.model_copy(update={"train_start": None}) if latest else settings.train
     w = plan_windows(*table.days, cfg)
     read = None if columns is None else list(dict.fromkeys([*columns, CUSTOMER, TX_TIME, TX_ID, LABEL]))
-    windows = eng.each(_window_of_part, [p.rel for p in table.manifest.parts], table.storage, w, read)
-    parts = eng.gather(eng.each(_summary, windows))
+    rels = [p.rel for p in table.manifest.parts]
+    parts = eng.map(_summary_of_part, rels, table.storage, w, read)
     valid, test_all = (in_order([p.pop(k) for p in parts]) for k in ("valid", "test"))  # pieces freed
     known = pl.concat([*(p["fit_frauds"] for p in parts), _frauds(valid)])
     test = evaluate.remove_known_compromised(
@@ -195,10 +193,12 @@ def split_feature_table(
     limit = settings.compute.train_in_memory_rows
     fit: pl.DataFrame | OnWorkers
     if sum(rows) == 0 or sum(rows) + valid.height <= limit:
-        fit = in_order(eng.gather(eng.each(_fit_rows, windows)))
+        fit = in_order(eng.map(_fit_of_part, rels, table.storage, w, read))
     else:
+        names = features.feature_names(settings.features)
+        blocks = eng.each(_fit_block, rels, table.storage, w, names)
         frauds = sum(p["fit_frauds"].height for p in parts)
-        fit = OnWorkers(eng.each(_fit_rows, windows), rows, frauds, limit / (sum(rows) + valid.height))
+        fit = OnWorkers(blocks, rows, frauds, names, limit / (sum(rows) + valid.height))
     text = {k: v.isoformat() for k, v in w.items()}
     return Split(fit, valid, test, text, float(cfg.validation_days), test_all)
 

@@ -227,7 +227,8 @@ class Arrays:
         if isinstance(fit, OnWorkers):
             eng = compute.current()
             assert eng is not None, "a fit window on the workers needs the Dask engine"
-            blocks = eng.each(model_arrays, fit.hand_over(), names)
+            assert fit.names == names, (fit.names, names)
+            blocks = fit.blocks
             x_fit, y_fit = eng.matrix(blocks, fit.rows, len(names))
             valid = eng.send((x_val, y_val))
             x_train, y_train = eng.matrix([*blocks, valid], [*fit.rows, len(y_val)], len(names))
