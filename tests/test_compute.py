@@ -130,3 +130,24 @@ def test_a_scheduler_that_does_not_answer_is_a_config_error(monkeypatch: pytest.
         compute.session(cfg),
     ):
         pass
+
+
+def test_frames_pickle_as_their_arrow_buffers_and_a_view_with_its_rows_only() -> None:
+    """What Dask sends and spills: a frame's columns out of band; a view of a bigger frame (a part's
+    window) copied first, not sent with the whole buffers; categoricals through polars' own pickling."""
+    import pickle
+
+    from fraudops.compute.cluster import register_polars
+
+    register_polars()
+    big = pl.DataFrame({"a": np.arange(1_000_000, dtype=np.float64), "b": np.arange(1_000_000) % 7})
+    view = big.slice(500_000, 10_000)
+    assert view.to_arrow().get_total_buffer_size() > 50 * view.estimated_size()  # shares big's buffers
+    for frame, most in ((big, 1.01 * big.estimated_size()), (view, 1.01 * view.estimated_size())):
+        buffers: list[pickle.PickleBuffer] = []
+        data = pickle.dumps(frame, protocol=5, buffer_callback=buffers.append)
+        assert len(data) < 10_000  # the columns travel out of band
+        assert sum(memoryview(b).nbytes for b in buffers) <= most
+        assert pickle.loads(data, buffers=buffers).equals(frame)
+    labels = pl.DataFrame({"c": ["x", "y", "x"]}, schema={"c": pl.Categorical})
+    assert pickle.loads(pickle.dumps(labels, protocol=5)).equals(labels)

@@ -335,10 +335,10 @@ class ComputeConfig(Section):
     train_in_memory_rows: int = Field(
         5_000_000,
         ge=0,
-        description="dask: a training window with more rows trains XGBoost with xgboost.dask on the workers "
-        "(5 M rows x 24 float32 features = 0.5 GB; with XGBoost's quantised copy and working memory about "
-        "1.5 GB, comfortable in one 4 GB process); logistic regression always trains in the command's "
-        "process",
+        description="dask: a training window with more rows keeps its fit window on the workers and trains "
+        "XGBoost there with xgboost.dask; logistic regression and the usual values use a sample of about "
+        "this many rows in the command's process (5 M rows x 24 float32 features = 0.5 GB, comfortable in "
+        "one 4 GB process with XGBoost's quantised copy and working memory)",
     )
 
     @model_validator(mode="after")
