@@ -289,7 +289,7 @@ def build(
         write_part,
         (settings.features, storage, folder),
     )
-    entries = eng.gather(eng.each(_entry, [written[k] for k in sorted(written)]))
+    entries = eng.map(_entry, [written[k] for k in sorted(written)])
     parts = [part for part, _ in entries]
     columns = entries[0][1] if entries else []
     # the content hash: the row hashes sorted range by range on the workers, fetched one range at a time

@@ -175,7 +175,8 @@ def split_feature_table(
     frauds) and test windows come to this process (thresholds, calibration, metrics and plots need them;
     they are a fraction of the window), the fit window only if the training window holds at most
     ``compute.train_in_memory_rows`` rows; a larger one stays on the workers as the model inputs of the
-    features (:class:`OnWorkers`), each part read a second time by the task that makes its block."""
+    features (:class:`OnWorkers`). Either way a part's fit rows are read a second time, whole, once the
+    counts have decided where they go (the first read took three columns)."""
     eng = compute.current()
     if eng is None:
         raise FraudopsError("a feature table is read on the Dask engine (compute.engine: dask)")
