@@ -136,3 +136,4 @@ def test_bad_rows_are_reported_as_when_loading_here(
         table.build(eng, storage, settings, "t", [RAW], labelled_only=True)
     assert sorted(map(str, there.value.problems)) == sorted(map(str, here.value.problems))
     assert any(p.n_rows == 4 for p in here.value.problems)
+    assert not storage.ls(FEATURE_TABLES)  # checked before anything is computed or written

@@ -44,12 +44,12 @@ VIEW_SLACK_BYTES = 1 << 20
 """A frame's Arrow buffers may exceed twice its rows' bytes by this much before it is copied to be sent."""
 
 
-def _pick(parts: dict[Any, Any], key: Any) -> Any:
-    return parts.get(key)
+def _pick(split: tuple[dict[Any, Any], Any], key: Any) -> Any:
+    return split[0].get(key)
 
 
-def _keys(parts: dict[Any, Any]) -> list[Any]:
-    return list(parts)
+def _keys(split: tuple[dict[Any, Any], Any]) -> tuple[list[Any], Any]:
+    return list(split[0]), split[1]
 
 
 class Engine:
@@ -158,14 +158,17 @@ class Engine:
     def exchange(
         self,
         inputs: Sequence[Any],
-        split: Callable[..., dict[K, Any]],
+        split: Callable[..., tuple[dict[K, Any], Any]],
         split_args: tuple[Any, ...],
         combine: Callable[..., Any],
         combine_args: tuple[Any, ...],
+        check: Callable[[list[Any]], object] | None = None,
     ) -> dict[K, Future]:
-        """A hash shuffle: ``split(input, *split_args)`` runs per input and gives ``{key: piece}``;
-        then ``combine(key, pieces, *combine_args)`` runs once per key with every input's piece of it.
-        Returns the combined results' futures (they stay on the workers, e.g. to feed a next exchange).
+        """A hash shuffle: ``split(input, *split_args)`` runs per input and gives ``({key: piece}, report)``;
+        then ``combine(key, pieces, *combine_args)`` runs once per key with every input's piece of it, in
+        input order. Returns the combined results' futures (they stay on the workers, e.g. to feed a next
+        exchange). ``check`` gets the splits' reports (small: what a split learnt of its input, e.g. a
+        file's problems) in input order before anything is combined, and may raise to stop there.
 
         ``inputs`` are small descriptions (files to read) or futures of an earlier exchange, given to the
         split tasks as they are (a task lost with its worker is then recomputed from them). Pieces move
@@ -175,14 +178,16 @@ class Engine:
         splits = [
             self.client.submit(split, s, *split_args, key=self._key(split_name), pure=False) for s in inputs
         ]
-        key_lists = self.client.gather(
+        told = self.client.gather(
             [self.client.submit(_keys, f, key=self._key("keys"), pure=False) for f in splits]
         )
+        if check is not None:
+            check([report for _, report in told])
         # a split's picks are submitted together, so the workers run them one after another (earlier
         # submissions first): a split's result is read once, then released, even when it was spilled to
         # disk (picking a key of every split in turn would read each spilled split once per key)
-        pieces: dict[K, list[Future]] = {k: [] for k in sorted({k for ks in key_lists for k in ks})}
-        for f, ks in zip(splits, key_lists, strict=True):
+        pieces: dict[K, list[Future]] = {k: [] for k in sorted({k for ks, _ in told for k in ks})}
+        for f, (ks, _) in zip(splits, told, strict=True):
             for k in ks:
                 pieces[k].append(self.client.submit(_pick, f, k, key=self._key("pick"), pure=False))
         return {

@@ -234,12 +234,11 @@ class Survey:
     rows: int
 
 
-def survey_piece(piece: Piece, storage: Storage, cfg: DataConfig, *, labelled_only: bool) -> Survey:
-    """A piece read and validated where it runs (a worker): the rows stay there."""
-    v = read_piece(storage, piece, cfg)
+def survey(v: Validated, cfg: DataConfig, rows: pl.DataFrame | None) -> Survey:
+    """A piece validated where it runs (a worker; ``rows``: its :func:`piece_rows`), for
+    :func:`check_surveys` here: the rows stay there."""
     if v.file_problems:
         return Survey(v.problems, None, 0)
-    rows = piece_rows(v, labelled_only=labelled_only)
     return Survey(v.problems, _layout(v, cfg), 0 if rows is None else rows.height)
 
 

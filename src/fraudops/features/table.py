@@ -37,11 +37,11 @@ from pydantic import BaseModel
 from fraudops import compute
 from fraudops.config import FeaturesConfig, Settings
 from fraudops.data.loading import (
+    Piece,
     check_surveys,
     content_sha256,
     list_pieces,
     load_folder,
-    survey_piece,
     table_files,
 )
 from fraudops.data.schema import AMOUNT, CUSTOMER, LABEL, TERMINAL, TX_ID, TX_TIME
@@ -50,6 +50,9 @@ from fraudops.features.definitions import feature_names, lookback_days
 from fraudops.workspace.layout import CURRENT, FEATURE_TABLES, RAW
 from fraudops.workspace.storage import Storage
 
+CSV_ROW_BYTES = 20
+"""About the fewest bytes a CSV row takes (an id, a time, a card, a terminal, an amount): a CSV file's
+rows are estimated from its size before it is read (more buckets than needed, never fewer)."""
 ROW_GROUP = 65_536
 """Rows per Parquet row group of a part: the granularity at which a time window skips data."""
 MANIFEST = "table.json"
@@ -208,8 +211,14 @@ def read_days(
     return df.filter((day >= start) & (day < end))
 
 
+def _rows_at_most(storage: Storage, pieces: list[Piece]) -> int:
+    """At most how many rows the pieces hold, before they are read: a Parquet piece's from its footer, a
+    CSV file's from its size (a row takes at least ``CSV_ROW_BYTES``)."""
+    return sum(p.rows if p.rows is not None else storage.size(p.rel) // CSV_ROW_BYTES for p in pieces)
+
+
 def write_part(
-    key: tuple[int, int],
+    key: int,
     pieces: list[pl.DataFrame | None],
     cfg: FeaturesConfig,
     storage: Storage,
@@ -218,9 +227,9 @@ def write_part(
     """A terminal bucket's rows with their features, written (on the worker) as one part: its entry in
     the manifest, its input columns and their row hashes (the table's content hash)."""
     rows = scaled.combine_terminals(key, pieces, cfg)
-    rel = posixpath.join(folder, f"part-{key[0]:05d}.parquet")
+    rel = posixpath.join(folder, f"part-{key:05d}.parquet")
     with storage.open_write(rel) as f:
-        rows.write_parquet(f, row_group_size=ROW_GROUP)
+        rows.write_parquet(f, row_group_size=ROW_GROUP, compression="lz4")
     names = set(feature_names(cfg))
     inputs = [c for c in rows.columns if c == AMOUNT or c not in names]
     times = rows.get_column(TX_TIME)
@@ -238,12 +247,14 @@ def _entry(written: tuple[TablePart, list[str], pl.Series]) -> tuple[TablePart, 
     return written[0], written[1]
 
 
-def split_hashes(written: tuple[TablePart, list[str], pl.Series], ranges: int) -> dict[int, pl.Series]:
+def split_hashes(
+    written: tuple[TablePart, list[str], pl.Series], ranges: int
+) -> tuple[dict[int, pl.Series], None]:
     """A part's row hashes by range of value (``ranges`` equal ranges of the UInt64 line)."""
     step = -(-(2**64) // max(ranges, 2))  # (one range of 2**64 would not fit an UInt64)
     hashes = written[2]
     which = (hashes // step).cast(pl.Int64)
-    return {int(r): hashes.filter(which == r) for r in which.unique()}
+    return {int(r): hashes.filter(which == r) for r in which.unique()}, None
 
 
 def sort_range(key: int, pieces: list[pl.Series | None]) -> pl.Series:
@@ -270,17 +281,16 @@ def build(
         if existing.inputs == signature:
             return FeatureTable(storage, existing)
     pieces = list_pieces(storage, folders)
-    surveys = eng.map(survey_piece, pieces, storage, settings.data, labelled_only=labelled_only)
-    n = check_surveys(storage, pieces, surveys, settings.data)
     generation = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     folder = posixpath.join(base, generation)
-    buckets = max(eng.workers, math.ceil(n / eng.partition_rows))
+    buckets = max(eng.workers, math.ceil(_rows_at_most(storage, pieces) / eng.partition_rows))
     by_customer = eng.exchange(
         pieces,
         scaled.split_piece,
         (storage, settings.data, settings.features, labelled_only, buckets),
         scaled.combine_customers,
         (settings.features,),
+        check=lambda surveys: check_surveys(storage, pieces, surveys, settings.data),
     )
     written = eng.exchange(
         [by_customer.pop(k) for k in sorted(by_customer)],  # held nowhere else: released once split
