@@ -227,24 +227,20 @@ def piece_rows(v: Validated, *, labelled_only: bool) -> pl.DataFrame | None:
 
 @dataclasses.dataclass
 class Survey:
-    """What the command's process needs of a piece read on a worker: its problems, layout and size."""
+    """What the command's process needs of a piece read on a worker: its problems and layout."""
 
     problems: list[Problem]
     layout: _Layout | None
-    rows: int
 
 
-def survey(v: Validated, cfg: DataConfig, rows: pl.DataFrame | None) -> Survey:
-    """A piece validated where it runs (a worker; ``rows``: its :func:`piece_rows`), for
-    :func:`check_surveys` here: the rows stay there."""
-    if v.file_problems:
-        return Survey(v.problems, None, 0)
-    return Survey(v.problems, _layout(v, cfg), 0 if rows is None else rows.height)
+def survey(v: Validated, cfg: DataConfig) -> Survey:
+    """A piece validated where it runs (a worker), for :func:`check_surveys` here: the rows stay there."""
+    return Survey(v.problems, None if v.file_problems else _layout(v, cfg))
 
 
-def check_surveys(storage: Storage, pieces: list[Piece], surveys: list[Survey], cfg: DataConfig) -> int:
+def check_surveys(storage: Storage, pieces: list[Piece], surveys: list[Survey], cfg: DataConfig) -> None:
     """:func:`load_folder`'s checks on pieces surveyed elsewhere (a file's row groups report as the file):
-    a :class:`DataValidationError` with every problem, or the number of rows the pieces hold."""
+    a :class:`DataValidationError` with every problem."""
     merged: dict[tuple[str, str | None, str], Problem] = {}
     for p in (p for s in surveys for p in s.problems):
         key = (p.file, p.column, p.message)
@@ -263,7 +259,6 @@ def check_surveys(storage: Storage, pieces: list[Piece], surveys: list[Survey], 
                 problems += _compare(storage.uri(piece.rel), layout, posixpath.basename(first.rel), ref)
     if problems:
         raise DataValidationError(problems)
-    return sum(s.rows for s in surveys)
 
 
 def load_labelled(storage: Storage, settings: Settings) -> pl.DataFrame:

@@ -220,7 +220,7 @@ def split_piece(
     """A piece's valid rows by customer bucket, and its survey (what the command's process checks)."""
     v = read_piece(storage, piece, data)
     rows = piece_rows(v, labelled_only=labelled_only)
-    report = survey(v, data, rows)
+    report = survey(v, data)
     if rows is None or rows.height == 0 or v.file_problems:
         return {}, report
     # add_features replaces input columns named like a feature (the amount apart): drop them now
