@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -108,11 +108,21 @@ def test_features_for_a_bucket_at_a_time_equal_the_local_engine(tx: pl.DataFrame
         reads.append(keep(history).height)
         return keep(history)
 
-    bucketed = scaled.features_over_buckets(new, read, FeaturesConfig(), 4)
+    def buckets(n: int) -> Callable[[str], Iterator[scaled.Group]]:
+        return lambda entity: scaled.hash_groups(entity, n, read)
+
+    bucketed = scaled.features_over_groups(new, buckets(4), FeaturesConfig())
     assert_same(local, bucketed, FeaturesConfig())
     assert len(reads) == 8 and sum(reads) == 2 * history.height  # each row read once per entity
     assert max(reads) < history.height / 2  # a bucket's rows at a time
-    assert scaled.features_over_buckets(new, read, FeaturesConfig(), 1).equals(local)  # one bucket
+    assert scaled.features_over_groups(new, buckets(1), FeaturesConfig()).equals(local)  # one bucket
+
+    def overlapping(entity: str) -> Iterator[scaled.Group]:
+        yield from scaled.hash_groups(entity, 2, read)
+        yield from scaled.hash_groups(entity, 3, read)
+
+    with pytest.raises(RuntimeError, match="customer groups hold"):
+        scaled.features_over_groups(new, overlapping, FeaturesConfig())
 
 
 def test_without_a_session_features_run_here(tx: pl.DataFrame) -> None:

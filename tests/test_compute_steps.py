@@ -61,13 +61,14 @@ def _hidden(ws: Path) -> list[str]:
     return [p.name for p in (ws / PREDICTIONS).iterdir() if p.name.startswith(".")]
 
 
-def _run_batch(ws: Path, client: Client | None) -> dict[str, pl.DataFrame]:
+def _run_batch(ws: Path, client: Client | None, partition_rows: int | None = None) -> dict[str, pl.DataFrame]:
     settings, storage = open_ws(ws)
     storage.delete(PREDICTIONS, recursive=True)
     if client is None:
         result = batch_step(StepContext(settings, storage))
     else:
-        with compute.attach(client):
+        settings.compute.partition_rows = partition_rows or settings.compute.partition_rows
+        with compute.attach(client, settings.compute.partition_rows):
             result = batch_step(StepContext(settings, storage))
     assert not result.failed and result.totals.files == len(storage.ls(PROD_INPUTS))
     return _outputs(storage)
@@ -81,6 +82,23 @@ def test_batch_on_the_cluster_gives_the_local_predictions(dask_client: Client, t
     for rel, frame in local.items():
         assert dist[rel].equals(frame), rel  # same rows, order, ids and identical probabilities
         assert frame["fraud_probability"].n_unique() > 10
+
+
+def test_batch_reads_a_history_of_many_parts_a_group_at_a_time(
+    dask_client: Client, tx_ws: dict[str, Any]
+) -> None:
+    """Small partitions: the history table has many parts, each file's look-back is read in several
+    customer buckets and a part (whole terminals) at a time; the probabilities are the local ones."""
+    local = _run_batch(tx_ws["ws"], None)
+    storage = Storage(str(tx_ws["ws"]))
+    storage.delete(FEATURE_TABLES, recursive=True)
+    dist = _run_batch(tx_ws["ws"], dask_client, partition_rows=2_000)
+    parts = storage.read_json(posixpath.join(FEATURE_TABLES, "history", "table.json"))["parts"]
+    assert len(parts) >= 8
+    for rel, frame in local.items():
+        assert dist[rel].drop("fraud_probability").equals(frame.drop("fraud_probability")), rel
+        np.testing.assert_allclose(dist[rel]["fraud_probability"], frame["fraud_probability"], rtol=1e-9)
+    storage.delete(FEATURE_TABLES, recursive=True)  # the next tests build it with their own partitions
 
 
 def test_a_worker_killed_mid_batch_the_step_completes_and_leaves_no_partial_output(

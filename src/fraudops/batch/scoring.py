@@ -77,7 +77,7 @@ from fraudops import features
 from fraudops.config import Settings
 from fraudops.context import Progress
 from fraudops.data.reading import duplicate_names, read_table, reading
-from fraudops.data.schema import LABEL, ROW_ERROR, SCENARIO, TX_ID, TX_TIME, role_columns
+from fraudops.data.schema import LABEL, ROW_ERROR, SCENARIO, TERMINAL, TX_ID, TX_TIME, role_columns
 from fraudops.data.validation import validate
 from fraudops.errors import DataValidationError, FraudopsError, Problem
 from fraudops.features import scaled
@@ -347,6 +347,12 @@ class _Tally:
         return DataValidationError(out)
 
 
+def _among(terminals: pl.Series, rows: pl.DataFrame, inside: bool = True) -> pl.DataFrame:
+    """``rows`` whose terminal is (``inside``) or is not among ``terminals``."""
+    found = pl.col(TERMINAL).is_in(terminals.cast(rows.schema[TERMINAL], strict=False).implode())
+    return rows.filter(found if inside else ~found)
+
+
 @dataclasses.dataclass
 class _Context:
     settings: Settings
@@ -380,6 +386,32 @@ class _Context:
             if isinstance(self.history, FeatureTable)
             else self.history
         )
+        return self._with_others(base, keep)
+
+    def groups(self, new: pl.DataFrame, table: FeatureTable, entity: str) -> Iterator[scaled.Group]:
+        """The groups of ``entity`` whose look-back is read from ``table`` one at a time: customers in hash
+        buckets of about ``compute.partition_rows`` rows of look-back (each bucket filters every part's
+        rows); terminals a part at a time (a part holds whole terminals: each part is read once), then
+        the terminals no part has."""
+        cfg = self.settings.features
+        if entity == "customer":
+            buckets = table.lookback_buckets(new, cfg, self.settings.compute.partition_rows)
+            yield from scaled.hash_groups(entity, buckets, functools.partial(self.lookback, new))
+            return
+        seen: list[pl.Series] = []
+        for back in table.lookback_parts(new, cfg):
+            terminals = back.get_column(TERMINAL).unique()
+            seen.append(terminals)
+            keep = functools.partial(_among, terminals)
+            yield keep, functools.partial(self._with_others, back, keep)
+        rest = functools.partial(_among, pl.concat(seen) if seen else pl.Series(TERMINAL, []), inside=False)
+        yield rest, functools.partial(self._with_others, None, rest)
+
+    def _with_others(
+        self, base: pl.DataFrame | None, keep: Callable[[pl.DataFrame], pl.DataFrame] | None
+    ) -> pl.DataFrame | None:
+        """``base`` history rows with the other input files' rows ``keep`` leaves (which replace history
+        rows of the same id)."""
         if self._others is None:
             return base
         others = self._others if keep is None else keep(self._others)
@@ -397,9 +429,8 @@ def _inputs(valid: pl.DataFrame, plan: _Plan, ctx: _Context) -> np.ndarray:
         return np.empty((0, len(ctx.model.feature_names)), np.float32)
     new = valid.drop(ROW_ERROR, *([] if plan.id_column else [TX_ID]), strict=False)
     cfg = ctx.settings.features
-    if isinstance(ctx.history, FeatureTable):  # on a worker: these rows' look-back, read a bucket at a time
-        buckets = ctx.history.lookback_buckets(new, cfg, ctx.settings.compute.partition_rows)
-        featured = scaled.features_over_buckets(new, functools.partial(ctx.lookback, new), cfg, buckets)
+    if isinstance(ctx.history, FeatureTable):  # on a worker: these rows' look-back, read a group at a time
+        featured = scaled.features_over_groups(new, functools.partial(ctx.groups, new, ctx.history), cfg)
     else:
         featured = features.features_for(new, ctx.lookback(new), cfg)
     return _matrix(featured, ctx.model.feature_names)

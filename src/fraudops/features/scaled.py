@@ -21,8 +21,9 @@ running command's compute session when there is one (:func:`fraudops.compute.cur
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import polars as pl
@@ -159,41 +160,55 @@ def cluster_windows(
     return out
 
 
-def features_over_buckets(
-    new: pl.DataFrame,
-    history: Callable[[Callable[[pl.DataFrame], pl.DataFrame]], pl.DataFrame | None],
-    cfg: FeaturesConfig,
-    buckets: int,
+Keep = Callable[[pl.DataFrame], pl.DataFrame]
+"""Filters canonical rows to some customers (or terminals)."""
+Group = tuple[Keep, Callable[[], pl.DataFrame | None]]
+"""Some ids of one entity: what keeps their rows, and what reads their history (called only if needed)."""
+
+
+def hash_groups(entity: str, buckets: int, history: Callable[[Keep], pl.DataFrame | None]) -> Iterator[Group]:
+    """The ids of ``entity`` in ``buckets`` hash buckets, each bucket's history ``history(keep)``."""
+    column = _CANONICAL[entity]
+    for b in range(buckets):
+
+        def keep(rows: pl.DataFrame, b: int = b) -> pl.DataFrame:
+            return rows.filter(_bucket(pl.col(column), rows.schema[column], buckets) == b)
+
+        yield keep, functools.partial(history, keep)
+
+
+def features_over_groups(
+    new: pl.DataFrame, groups: Callable[[str], Iterable[Group]], cfg: FeaturesConfig
 ) -> pl.DataFrame:
     """:func:`~fraudops.features.engine.features_for` of ``new`` in this process (a worker), its history
-    read one customer (then terminal) bucket at a time: ``history(keep)`` gives the history rows ``keep``
-    leaves (``keep`` filters canonical rows to the bucket). Only a bucket's history is held at once, so a
-    task over a long look-back needs a bucket's memory. Counts equal the local engine's, averages to
-    ~1e-12 (other customers' rows precede a customer's in the rolling sums); one bucket is the local
-    engine's computation, bit for bit."""
+    read one group of customers (then terminals) at a time: ``groups(entity)`` gives groups that hold
+    each row of ``new`` once (:func:`hash_groups`, or a feature table's parts). Only a group's history is
+    held at once, so a task over a long look-back needs a group's memory. Counts equal the local
+    engine's, averages to ~1e-12 (other customers' rows precede a customer's in the rolling sums); one
+    group is the local engine's computation, bit for bit."""
     if new.height == 0:
         return local_features_for(new, None, cfg)
+    rowed = new.with_row_index(ROW)
     own = narrow(new).with_row_index(ROW).with_columns(pl.lit(True).alias(OWN))
     columns = []
-    for entity, key in ENTITIES.items():
-        canonical, cols = _CANONICAL[entity], [*ENTITY_COLUMNS[entity], OWN]
-        keyed = own.with_columns(_bucket(pl.col(key), own.schema[key], buckets).alias(_BUCKET))
+    for entity in ENTITIES:
+        cols = [*ENTITY_COLUMNS[entity], OWN]
         done, positions = [], []
-        for b in range(buckets):
-            mine = keyed.filter(pl.col(_BUCKET) == b)
-            if mine.height == 0:
+        for keep, read in groups(entity):
+            at = keep(rowed).get_column(ROW)
+            if at.len() == 0:
                 continue
-
-            def keep(rows: pl.DataFrame, b: int = b, col: str = canonical) -> pl.DataFrame:
-                return rows.filter(_bucket(pl.col(col), rows.schema[col], buckets) == b)
-
-            back = history(keep)
-            part = mine.select(cols)
+            part = own[at].select(cols)
+            back = read()
             if back is not None and back.height:
                 looked = lookback_narrow(back, new, own, cfg).with_columns(pl.lit(False).alias(OWN))
                 part = pl.concat([looked.select(cols), part], how="vertical_relaxed")
             done.append(partition_windows(part, cfg, entity))
-            positions.append(mine.get_column(ROW))
+            positions.append(at)
+        placed = pl.concat(positions) if positions else pl.Series(ROW, [], pl.UInt32)
+        if placed.len() != new.height or placed.n_unique() != new.height:
+            held = f"{placed.len()} rows ({placed.n_unique()} distinct)"
+            raise RuntimeError(f"scaled features: the {entity} groups hold {held} of {new.height}")
         columns.append(_in_row_order(done, positions))
     return with_windows(new, pl.concat(columns, how="horizontal"), cfg)
 

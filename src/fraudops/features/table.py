@@ -13,7 +13,8 @@ upload). Layout::
 
 A build writes a new generation, then the manifest (which names it), then deletes older generations, so
 readers see a whole table or the previous one. Consumers read a time window (:meth:`FeatureTable.window`):
-only the row groups whose time statistics overlap it, only the columns asked for.
+only the row groups whose time statistics overlap it, only the columns asked for; or a look-back a part
+at a time (:meth:`FeatureTable.lookback_parts`: a part holds every row of its terminals).
 
 Same rows and features as the local engine (counts equal, averages to ~1e-12), with two differences for
 unusual data, stated: a transaction id repeated in several files is kept once (the later file's row) when
@@ -29,7 +30,7 @@ import hashlib
 import math
 import posixpath
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import polars as pl
 from pydantic import BaseModel
@@ -132,8 +133,18 @@ class FeatureTable:
         present = [c for c in HISTORY_COLUMNS if c in self.manifest.columns]
         return self.window(start, end, present, keep)
 
+    def lookback_parts(self, new: pl.DataFrame, cfg: FeaturesConfig) -> Iterator[pl.DataFrame]:
+        """:meth:`lookback` a part at a time (in no particular order): a part holds every row of its
+        terminals, so each is the whole look-back of the terminals it has."""
+        if new.height == 0 or self.rows == 0:
+            return
+        start, end = self._lookback_days(new, cfg)
+        present = [c for c in HISTORY_COLUMNS if c in self.manifest.columns]
+        for p in self.manifest.parts:
+            yield read_days(self.storage, p.rel, start, end, present)
+
     def lookback_buckets(self, new: pl.DataFrame, cfg: FeaturesConfig, partition_rows: int) -> int:
-        """In how many buckets :func:`~fraudops.features.scaled.features_over_buckets` should read the
+        """In how many customer buckets (:func:`~fraudops.features.scaled.hash_groups`) to read the
         look-back of ``new`` for a bucket to hold about ``partition_rows`` rows (from the table's rows a
         day: its parts are not cut by day)."""
         if new.height == 0 or self.rows == 0:
