@@ -77,7 +77,7 @@ from fraudops import features
 from fraudops.config import Settings
 from fraudops.context import Progress
 from fraudops.data.reading import duplicate_names, read_table, reading
-from fraudops.data.schema import LABEL, ROW_ERROR, SCENARIO, TERMINAL, TX_ID, TX_TIME, role_columns
+from fraudops.data.schema import LABEL, ROW_ERROR, SCENARIO, TX_ID, TX_TIME, role_columns
 from fraudops.data.validation import validate
 from fraudops.errors import DataValidationError, FraudopsError, Problem
 from fraudops.features import scaled
@@ -347,12 +347,6 @@ class _Tally:
         return DataValidationError(out)
 
 
-def _among(terminals: pl.Series, rows: pl.DataFrame, inside: bool = True) -> pl.DataFrame:
-    """``rows`` whose terminal is (``inside``) or is not among ``terminals``."""
-    found = pl.col(TERMINAL).is_in(terminals.cast(rows.schema[TERMINAL], strict=False).implode())
-    return rows.filter(found if inside else ~found)
-
-
 @dataclasses.dataclass
 class _Context:
     settings: Settings
@@ -398,14 +392,7 @@ class _Context:
             buckets = table.lookback_buckets(new, cfg, self.settings.compute.partition_rows)
             yield from scaled.hash_groups(entity, buckets, functools.partial(self.lookback, new))
             return
-        seen: list[pl.Series] = []
-        for back in table.lookback_parts(new, cfg):
-            terminals = back.get_column(TERMINAL).unique()
-            seen.append(terminals)
-            keep = functools.partial(_among, terminals)
-            yield keep, functools.partial(self._with_others, back, keep)
-        rest = functools.partial(_among, pl.concat(seen) if seen else pl.Series(TERMINAL, []), inside=False)
-        yield rest, functools.partial(self._with_others, None, rest)
+        yield from scaled.part_groups(table.lookback_parts(new, cfg), self._with_others)
 
     def _with_others(
         self, base: pl.DataFrame | None, keep: Callable[[pl.DataFrame], pl.DataFrame] | None

@@ -177,6 +177,28 @@ def hash_groups(entity: str, buckets: int, history: Callable[[Keep], pl.DataFram
         yield keep, functools.partial(history, keep)
 
 
+def _among(terminals: pl.Series, rows: pl.DataFrame, inside: bool = True) -> pl.DataFrame:
+    """``rows`` whose terminal is (``inside``) or is not among ``terminals``."""
+    found = pl.col(TERMINAL).is_in(terminals.cast(rows.schema[TERMINAL], strict=False).implode())
+    return rows.filter(found if inside else ~found)
+
+
+def part_groups(
+    backs: Iterable[pl.DataFrame], history: Callable[[pl.DataFrame | None, Keep], pl.DataFrame | None]
+) -> Iterator[Group]:
+    """Terminals grouped by the history frames that each hold every row of their terminals (a feature
+    table's parts: terminal buckets), then the terminals none has; a group's history is
+    ``history(back, keep)`` (``back``: its frame, None for the last group)."""
+    seen: list[pl.Series] = []
+    for back in backs:
+        terminals = back.get_column(TERMINAL).unique()
+        seen.append(terminals)
+        keep = functools.partial(_among, terminals)
+        yield keep, functools.partial(history, back, keep)
+    rest = functools.partial(_among, pl.concat(seen) if seen else pl.Series(TERMINAL, []), inside=False)
+    yield rest, functools.partial(history, None, rest)
+
+
 def features_over_groups(
     new: pl.DataFrame, groups: Callable[[str], Iterable[Group]], cfg: FeaturesConfig
 ) -> pl.DataFrame:
