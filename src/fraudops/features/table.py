@@ -130,8 +130,7 @@ class FeatureTable:
         if new.height == 0 or self.rows == 0:
             return None
         start, end = self._lookback_days(new, cfg)
-        present = [c for c in HISTORY_COLUMNS if c in self.manifest.columns]
-        return self.window(start, end, present, keep)
+        return self.window(start, end, self._history_columns, keep)
 
     def lookback_parts(self, new: pl.DataFrame, cfg: FeaturesConfig) -> Iterator[pl.DataFrame]:
         """:meth:`lookback` a part at a time (in no particular order): a part holds every row of its
@@ -139,9 +138,13 @@ class FeatureTable:
         if new.height == 0 or self.rows == 0:
             return
         start, end = self._lookback_days(new, cfg)
-        present = [c for c in HISTORY_COLUMNS if c in self.manifest.columns]
         for p in self.manifest.parts:
-            yield read_days(self.storage, p.rel, start, end, present)
+            yield read_days(self.storage, p.rel, start, end, self._history_columns)
+
+    @property
+    def _history_columns(self) -> list[str]:
+        """The :data:`HISTORY_COLUMNS` the table has: what a look-back reads."""
+        return [c for c in HISTORY_COLUMNS if c in self.manifest.columns]
 
     def lookback_buckets(self, new: pl.DataFrame, cfg: FeaturesConfig, partition_rows: int) -> int:
         """In how many customer buckets (:func:`~fraudops.features.scaled.hash_groups`) to read the
