@@ -91,13 +91,22 @@ def simulate(ws: Path, customers: int, days: int, score_days: int) -> None:
         path.unlink()
 
 
+def rss_mb() -> float:
+    """This process's resident memory now (VmRSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def reset_peak() -> None:
     """Start this process's VmHWM afresh from its current RSS (Linux >= 4.0), so a phase's peak is its own."""
     Path("/proc/self/clear_refs").write_text("5")
 
 
 class Phases:
-    """Runs the phases one by one; for each: seconds, every worker's peak RSS (its VmHWM, reset before the
+    """Runs the phases one by one; for each: seconds, every worker's RSS as the phase starts (what the
+    phases before left it holding), every worker's peak RSS (its VmHWM, reset before the
     phase; and its nanny's figure sampled every 0.5 s through the scheduler, which survives a restart),
     workers restarted (over their limit), this process's peak. The first failing phase stops the run."""
 
@@ -123,6 +132,7 @@ class Phases:
 
     def run(self, name: str, fn: Any) -> Any:
         pids = set(self.client.run(os.getpid).values())
+        held = sorted(round(v) for v in self.client.run(rss_mb).values())
         self.client.run(reset_peak)
         reset_peak()
         self._nanny.clear()
@@ -133,6 +143,7 @@ class Phases:
         except Exception as e:  # reported with the figures of the phases before
             value, error = None, f"{type(e).__name__}: {e}"
         result: dict[str, Any] = {"seconds": round(time.perf_counter() - started, 1)}
+        result["worker_rss_before_mb"] = held
         result["worker_vmhwm_mb"] = sorted(round(v) for v in self.client.run(peak_rss_mb).values())
         result["worker_nanny_peak_mb"] = sorted(round(v) for v in self._nanny.values())
         result["worker_restarts"] = len(pids - set(self.client.run(os.getpid).values()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -161,3 +162,28 @@ def test_frames_pickle_as_their_arrow_buffers_and_a_view_with_its_rows_only() ->
         assert pickle.loads(data, buffers=buffers).equals(frame)
     labels = pl.DataFrame({"c": ["x", "y", "x"]}, schema={"c": pl.Categorical})
     assert pickle.loads(pickle.dumps(labels, protocol=5)).equals(labels)
+
+
+def test_release_memory_hands_what_tasks_freed_back_to_the_system(dask_client: Client) -> None:
+    """A worker's heap left full of holes (as a spilled table build leaves it) shrinks by what was freed."""
+
+    def rss_mb() -> float:
+        status = Path("/proc/self/status").read_text()
+        return next(int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
+
+    def fragment(dask_worker: Any) -> float:
+        blocks = [bytes(4_000) + bytes([i % 256]) for i in range(60_000)]  # 240 MB, malloc'd one by one
+        dask_worker.fraudops_test_kept = blocks[::32]  # a block in 32 kept: the freed ones are holes
+        del blocks
+        return rss_mb()
+
+    def forget(dask_worker: Any) -> None:
+        del dask_worker.fraudops_test_kept
+
+    fragmented = dask_client.run(fragment)
+    with compute.attach(dask_client) as eng:
+        eng.release_memory()
+    released = dask_client.run(rss_mb)
+    dask_client.run(forget)
+    for worker, before in fragmented.items():
+        assert before - released[worker] > 150, (worker, before, released[worker])

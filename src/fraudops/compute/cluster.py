@@ -204,6 +204,12 @@ class Engine:
     def gather(self, futures: Sequence[Future]) -> list[Any]:
         return list(self.client.gather(list(futures)))
 
+    def release_memory(self) -> None:
+        """Every worker hands back to the system the memory its allocators kept of what its tasks freed
+        (:func:`_release_memory`). After a phase that spilled (a table build) the workers would otherwise
+        start the next phase with gigabytes that Dask counts as theirs and that the nanny's limit sees."""
+        self.client.run(_release_memory, on_error="ignore")  # a worker just restarted holds nothing
+
     def matrix(self, blocks: Sequence[Future], rows: Sequence[int], columns: int) -> tuple[Array, Array]:
         """Dask arrays ``x`` (float32, ``columns`` wide) and ``y`` (int32) of row blocks the workers hold,
         each a future of an ``(x, y)`` pair of ``rows[i]`` rows (empty blocks are left out)."""
@@ -268,6 +274,24 @@ class Engine:
         clf.fit(x_d, y_d, eval_set=evals, verbose=False)
         best = clf.best_iteration if eval_set is not None and early_stopping_rounds else None
         return clf.get_booster(), best
+
+
+def _release_memory() -> None:
+    """Run on a worker: Python's unreachable objects collected, Arrow's pool (mimalloc) and glibc's heaps
+    trimmed (``malloc_trim``, not on other C libraries). polars' allocator (jemalloc) returns freed
+    pages by itself (its background thread)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:
+        trim(0)
 
 
 def _reduce_frame(df: Any) -> Any:

@@ -341,6 +341,7 @@ def build(
         if old != folder:
             storage.delete(old, recursive=True)
     storage.remove_leftovers(base)  # the temporaries of attempts lost with their worker (Dask reran them)
+    eng.release_memory()
     return FeatureTable(storage, manifest)
 
 
