@@ -5,6 +5,8 @@ workers."""
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +30,16 @@ from fraudops.workspace import init_workspace
 from fraudops.workspace.layout import PREDICTIONS, PROD_INPUTS, RAW
 from fraudops.workspace.storage import Storage
 from helpers import write_days
+from worker_kill import killing
 
 pytestmark = pytest.mark.slow
 
 SIM = SimulateConfig(n_customers=300, n_terminals=600, n_days=50, seed=1)
 SMALL_XGB = {"n_estimators": 40, "max_depth": 3, "learning_rate": 0.3, "early_stopping_rounds": 10}
 WINDOWS = {"train_days": 14, "delay_days": 7, "test_days": 7, "validation_days": 3}
+XGBOOST_TRAINING_TASK = "fn-"
+"""The key prefix of xgboost.dask's training tasks (one per worker; xgboost/dask/__init__.py names the
+function it submits ``fn``)."""
 AP_TOLERANCE = 0.05
 """The fits differ in their histogram bins (xgboost.dask merges per-worker quantile sketches where the
 in-memory fit sketches the whole window), and so in where early stopping lands on a noisy validation
@@ -183,3 +189,33 @@ def test_a_fit_window_above_the_limit_stays_on_the_workers(
     ap, ap_local = trained.metrics["average_precision"], in_memory.metrics["average_precision"]
     assert abs(ap - ap_local) <= AP_TOLERANCE, (ap, ap_local)
     assert trained.model.info[USUAL].keys() == in_memory.model.info[USUAL].keys()
+
+
+def test_a_worker_killed_mid_training_the_fit_starts_over_and_completes(
+    dask_client: Client,
+    built: FeatureTable,
+    in_memory: train.Trained,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """xgboost.dask waits forever for a lost peer: the other workers are ended too and the fit redone."""
+    settings = settings_for(3000)
+    marker = tmp_path / "killed"
+    with (
+        killing(dask_client, XGBOOST_TRAINING_TASK, marker) as pids,
+        compute.attach(dask_client),
+        caplog.at_level(logging.WARNING, logger="fraudops.compute"),
+    ):
+        trained = train.train_models(built, settings)
+    assert marker.exists() and int(marker.read_text()) in pids, "no worker was killed"
+    assert "lost during training" in caplog.text and "training again (attempt 2 of" in caplog.text
+    assert not pids & set(dask_client.run(os.getpid).values())  # both workers are new processes
+    xgb = trained.candidates["xgboost"]
+    assert xgb[train.TRAINED_ON] == "dask"
+    assert xgb[train.FITTED_ROWS] == in_memory.data["rows"]["fit"] + in_memory.data["rows"]["valid"]
+    assert trained.data["rows"] == in_memory.data["rows"]
+    ap, ap_local = (
+        xgb["test"]["average_precision"],
+        in_memory.candidates["xgboost"]["test"]["average_precision"],
+    )
+    assert abs(ap - ap_local) <= AP_TOLERANCE, (ap, ap_local)

@@ -8,7 +8,8 @@ to their thread count, so N workers use N cores, not N times all of them.
 
 Failures: a worker that dies (killed, over its memory limit) is restarted by its nanny and the scheduler
 reruns its tasks elsewhere (up to ``distributed.scheduler.allowed-failures`` times); data sent with
-:meth:`Engine.broadcast` lives on every worker, so it survives the loss of one.
+:meth:`Engine.broadcast` lives on every worker, so it survives the loss of one. xgboost.dask cannot
+go on without a lost worker: :meth:`Engine.fit_xgboost` ends the others and starts the fit over.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import itertools
+import logging
 import math
 import operator
+import os
+import signal
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -35,13 +40,19 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 R = TypeVar("R")
 K = TypeVar("K", bound=Hashable)
+log = logging.getLogger("fraudops.compute")
 
 _CURRENT: contextvars.ContextVar[Engine | None] = contextvars.ContextVar("fraudops_compute", default=None)
 CONNECT_TIMEOUT = "30s"
 LOST_DATA_ROUNDS = 3
 RESEND_PAUSE_S = 0.5
+RESTART_TIMEOUT_S = 120
 VIEW_SLACK_BYTES = 1 << 20
 """A frame's Arrow buffers may exceed twice its rows' bytes by this much before it is copied to be sent."""
+
+
+def _value(value: T) -> T:
+    return value
 
 
 def _pick(split: tuple[dict[Any, Any], Any], key: Any) -> Any:
@@ -72,8 +83,12 @@ class Engine:
         return self._scatter(value, broadcast=True)
 
     def send(self, value: T) -> Future:
-        """``value`` copied to one worker, for tasks and :meth:`matrix` to use there."""
-        return self._scatter(value)
+        """``value`` on one worker, for tasks and :meth:`matrix` to use there, as the result of a task
+        that holds it: the scheduler keeps the task, so the value is made again when its worker is lost
+        (scattered data is lost with its worker; :meth:`fit_xgboost` ends every worker after a loss)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sending large graph")  # the value, sent once
+            return self.client.submit(_value, value, key=self._key("value"), pure=False)
 
     def _scatter(self, value: Any, broadcast: bool = False) -> Future:
         """``value`` sent to a worker (every worker: ``broadcast``), again when one it was sent to had just
@@ -255,7 +270,67 @@ class Engine:
         (each worker builds its DMatrix from its blocks; histograms are summed across workers), early
         stopping on ``eval_set`` if given. ``x`` and ``y`` are sent as blocks, or are Dask arrays of blocks
         the workers hold already (:meth:`matrix`). Each worker trains with its own threads (``n_jobs`` is
-        dropped). Returns the ordinary booster and the best iteration (None without early stopping)."""
+        dropped). Returns the ordinary booster and the best iteration (None without early stopping).
+
+        xgboost.dask does not survive a lost worker: the others wait for it in a collective call that
+        never returns. When a worker was lost during the fit, the others are ended too (their nannies
+        start them again; blocks they held are recomputed from their tasks, sent blocks sent again) and
+        the fit starts over, up to ``LOST_DATA_ROUNDS`` times; a fit that fails with every worker still
+        there fails at once."""
+        attempt = 1
+        while True:
+            workers = self._addresses()
+            try:
+                return self._fit_xgboost(params, x, y, eval_set, early_stopping_rounds)
+            except Exception as e:
+                lost = workers - self._addresses()
+                if not lost or attempt > LOST_DATA_ROUNDS:
+                    raise
+                log.warning(
+                    "xgboost.dask: worker %s lost during training (%s: %s); ending the others and "
+                    "training again (attempt %d of %d)",
+                    ", ".join(sorted(lost)),
+                    type(e).__name__,
+                    e,
+                    attempt + 1,
+                    LOST_DATA_ROUNDS + 1,
+                )
+                self._replace(workers)
+                attempt += 1
+
+    def _replace(self, workers: set[str]) -> None:
+        """The ``workers`` still there ended (SIGKILL: a thread stuck in a collective call ignores a
+        polite close), and as many workers as before back, none of them (a process, not an address:
+        a new worker may get a port an ended one had)."""
+        stuck = set(self._processes(workers & self._addresses()).items())
+        self.client.run(_end_process, workers=[address for address, _ in stuck], wait=False)
+        deadline = time.monotonic() + RESTART_TIMEOUT_S
+        while (now := set(self._processes().items())) & stuck or len(now) < len(workers):
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"xgboost.dask: {len(workers)} workers did not come back within "
+                    f"{RESTART_TIMEOUT_S} s after a lost worker (they come back when a nanny runs them)"
+                )
+            time.sleep(RESEND_PAUSE_S)
+
+    def _processes(self, workers: Iterable[str] | None = None) -> dict[str, int]:
+        """Each worker's process id, of the workers that answer."""
+        ids = self.client.run(
+            os.getpid, workers=None if workers is None else list(workers), on_error="return"
+        )
+        return {address: pid for address, pid in ids.items() if isinstance(pid, int)}
+
+    def _addresses(self) -> set[str]:
+        return set(self.client.scheduler_info()["workers"])
+
+    def _fit_xgboost(
+        self,
+        params: dict[str, Any],
+        x: np.ndarray | Array,
+        y: np.ndarray | Array,
+        eval_set: tuple[np.ndarray, np.ndarray] | None,
+        early_stopping_rounds: int | None,
+    ) -> tuple[xgboost.Booster, int | None]:
         import numpy as np
         from dask.array import Array
         from xgboost import dask as dxgb
@@ -274,6 +349,11 @@ class Engine:
         clf.fit(x_d, y_d, eval_set=evals, verbose=False)
         best = clf.best_iteration if eval_set is not None and early_stopping_rounds else None
         return clf.get_booster(), best
+
+
+async def _end_process() -> None:
+    """Run on a worker's event loop (its task thread may be stuck): the process ends at once."""
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _release_memory() -> None:
