@@ -155,22 +155,33 @@ def test_a_worker_killed_while_writing_a_feature_table_part_the_table_is_whole(
 
 
 def test_monitor_on_the_cluster_decides_as_the_local_engine(
-    dask_client: Client, tx_ws: dict[str, Any]
+    dask_client: Client, tx_ws: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Labelled current data over the history table the workers built: the same features, drift,
-    performance (known-compromised cards left out from the table's frauds) and decision."""
+    """Labelled current data over the history table the workers built: the same features (the rows'
+    look-back read by a worker, never here), drift, performance (known-compromised cards left out from
+    the table's frauds) and decision."""
     settings, storage = open_ws(tx_ws["ws"])
     write_days(storage, settings, CURRENT, tx_ws["labelled"][:2])
+    read_here: list[tuple[Any, Any]] = []
+    read_days = table.read_days
+
+    def reading(storage: Storage, rel: str, start: Any, end: Any, columns: Any) -> pl.DataFrame:
+        read_here.append((start, end))
+        return read_days(storage, rel, start, end, columns)
+
     try:
         local = monitor_step(StepContext(settings, storage))
         local_drift = storage.read_frame(DRIFT_CSV)
         with compute.attach(dask_client, partition_rows=3_000):
+            monkeypatch.setattr(table, "read_days", reading)
             dist = monitor_step(StepContext(settings, storage))
+            monkeypatch.undo()
         dist_drift = storage.read_frame(DRIFT_CSV)
     finally:
         storage.delete(CURRENT, recursive=True)
         storage.makedirs(CURRENT)
     assert (tx_ws["ws"] / FEATURE_TABLES / "raw" / "table.json").exists()
+    assert read_here and set(read_here) == {(None, None)}  # whole parts for the frauds, no look-back
     assert local.performance_status != "no labelled data" and local.n_labelled > 0
     skip = {"run_id", "monitored_at"}
     assert dist.model_dump(exclude=skip) == local.model_dump(exclude=skip)

@@ -380,21 +380,9 @@ class _Context:
             if isinstance(self.history, FeatureTable)
             else self.history
         )
-        return self._with_others(base, keep)
+        return self.with_others(base, keep)
 
-    def groups(self, new: pl.DataFrame, table: FeatureTable, entity: str) -> Iterator[scaled.Group]:
-        """The groups of ``entity`` whose look-back is read from ``table`` one at a time: customers in hash
-        buckets of about ``compute.partition_rows`` rows of look-back (each bucket filters every part's
-        rows); terminals a part at a time (a part holds whole terminals: each part is read once), then
-        the terminals no part has."""
-        cfg = self.settings.features
-        if entity == "customer":
-            buckets = table.lookback_buckets(new, cfg, self.settings.compute.partition_rows)
-            yield from scaled.hash_groups(entity, buckets, functools.partial(self.lookback, new))
-            return
-        yield from scaled.part_groups(table.lookback_parts(new, cfg), self._with_others)
-
-    def _with_others(
+    def with_others(
         self, base: pl.DataFrame | None, keep: Callable[[pl.DataFrame], pl.DataFrame] | None
     ) -> pl.DataFrame | None:
         """``base`` history rows with the other input files' rows ``keep`` leaves (which replace history
@@ -417,7 +405,10 @@ def _inputs(valid: pl.DataFrame, plan: _Plan, ctx: _Context) -> np.ndarray:
     new = valid.drop(ROW_ERROR, *([] if plan.id_column else [TX_ID]), strict=False)
     cfg = ctx.settings.features
     if isinstance(ctx.history, FeatureTable):  # on a worker: these rows' look-back, read a group at a time
-        featured = scaled.features_over_groups(new, functools.partial(ctx.groups, new, ctx.history), cfg)
+        groups = functools.partial(
+            ctx.history.groups, new, cfg, ctx.settings.compute.partition_rows, add=ctx.with_others
+        )
+        featured = scaled.features_over_groups(new, groups, cfg)
     else:
         featured = features.features_for(new, ctx.lookback(new), cfg)
     return _matrix(featured, ctx.model.feature_names)

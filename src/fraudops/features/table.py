@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import math
 import posixpath
@@ -156,6 +157,32 @@ class FeatureTable:
         start, end = self._lookback_days(new, cfg)
         per_day = self.rows / ((last - first).days + 1)
         return max(1, math.ceil(((end - start).days * per_day + new.height) / partition_rows))
+
+    def groups(
+        self,
+        new: pl.DataFrame,
+        cfg: FeaturesConfig,
+        partition_rows: int,
+        entity: str,
+        add: Callable[[pl.DataFrame | None, scaled.Keep | None], pl.DataFrame | None] = lambda base, _: base,
+    ) -> Iterator[scaled.Group]:
+        """The groups of ``entity`` whose look-back (for ``new``) is read one at a time: customers in hash
+        buckets of about ``partition_rows`` rows of look-back (each bucket filters every part's rows);
+        terminals a part at a time (a part holds whole terminals: each part is read once), then the
+        terminals no part has. ``add(rows, keep)`` gives a group's history from its table rows (rows of
+        other inputs added, of them what ``keep`` leaves)."""
+        if entity == "customer":
+            buckets = self.lookback_buckets(new, cfg, partition_rows)
+            yield from scaled.hash_groups(
+                entity, buckets, lambda keep: add(self.lookback(new, cfg, keep), keep)
+            )
+            return
+        yield from scaled.part_groups(self.lookback_parts(new, cfg), add)
+
+    def features_over(self, new: pl.DataFrame, cfg: FeaturesConfig, partition_rows: int) -> pl.DataFrame:
+        """The features of ``new`` over this table's rows (and over each other), computed here (a
+        worker) reading their look-back a group at a time (:meth:`groups`)."""
+        return scaled.features_over_groups(new, functools.partial(self.groups, new, cfg, partition_rows), cfg)
 
     def _lookback_days(self, new: pl.DataFrame, cfg: FeaturesConfig) -> tuple[dt.date, dt.date]:
         times = new.get_column(TX_TIME)

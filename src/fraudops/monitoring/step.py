@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from fraudops import features
+from fraudops import compute, features
 from fraudops.config import Settings
 from fraudops.context import StepContext, StepResult
 from fraudops.data.capture import CAPTURED_AT, load_captured
@@ -195,11 +195,16 @@ def _judge(
     if transactions and rows.height:
         loaded = table.raw_history(storage, settings)  # on the Dask engine, built by the workers
         if isinstance(loaded, table.FeatureTable):
-            back = loaded.lookback(rows, settings.features)
+            eng = compute.current()
+            assert eng is not None, "a feature table is built by the Dask engine"
             history = loaded.frauds_of([TX_ID, CUSTOMER, TX_TIME]) if loaded.rows else None
+            # a worker reads the rows' look-back a group at a time: this process never holds it
+            rows = eng.map(
+                loaded.features_over, [rows], settings.features, settings.compute.partition_rows, send=True
+            )[0]
         else:
-            back = history = loaded if loaded.height else None
-        rows = features.features_for(rows, back, settings.features)
+            history = loaded if loaded.height else None
+            rows = features.features_for(rows, history, settings.features)
     if cfg.production != "prod_inputs":
         rows = with_captured(rows, load_captured(storage), names)
     judged = _newer(rows, ref, reference.seen_rows(storage, version), names)
