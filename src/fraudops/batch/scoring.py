@@ -369,19 +369,6 @@ class _Context:
             return None
         return self.peers.filter(pl.col(PEER_FILE) != self.rel).drop(PEER_FILE)
 
-    def lookback(
-        self, new: pl.DataFrame, keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None
-    ) -> pl.DataFrame | None:
-        """What the features of ``new`` (rows of this file) reach back into: the history (only these rows'
-        look-back when it is a table) and the other input files' rows, which replace history rows of
-        the same id; of them what ``keep`` leaves (a table's rows filtered as they are read)."""
-        base = (
-            self.history.lookback(new, self.settings.features, keep)
-            if isinstance(self.history, FeatureTable)
-            else self.history
-        )
-        return self.with_others(base, keep)
-
     def with_others(
         self, base: pl.DataFrame | None, keep: Callable[[pl.DataFrame], pl.DataFrame] | None
     ) -> pl.DataFrame | None:
@@ -410,7 +397,7 @@ def _inputs(valid: pl.DataFrame, plan: _Plan, ctx: _Context) -> np.ndarray:
         )
         featured = scaled.features_over_groups(new, groups, cfg)
     else:
-        featured = features.features_for(new, ctx.lookback(new), cfg)
+        featured = features.features_for(new, ctx.with_others(ctx.history, None), cfg)
     return _matrix(featured, ctx.model.feature_names)
 
 
