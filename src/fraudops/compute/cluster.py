@@ -277,11 +277,37 @@ class Engine:
         start them again; blocks they held are recomputed from their tasks, sent blocks sent again) and
         the fit starts over, up to ``LOST_DATA_ROUNDS`` times; a fit that fails with every worker still
         there fails at once."""
+
+        def fit() -> tuple[xgboost.Booster, int | None]:
+            import numpy as np
+            from dask.array import Array
+            from xgboost import dask as dxgb
+
+            clf = dxgb.DaskXGBClassifier(
+                **{**params, "n_jobs": None}, early_stopping_rounds=early_stopping_rounds
+            )
+            clf.client = self.client
+            x_d: Array
+            y_d: Array
+            if isinstance(x, Array) and isinstance(y, Array):
+                x_d, y_d = x, y
+            else:
+                x_d, y_d = self._arrays(np.asarray(x), np.asarray(y))
+            evals = None if eval_set is None else [self._arrays(*eval_set)]
+            clf.fit(x_d, y_d, eval_set=evals, verbose=False)
+            best = clf.best_iteration if eval_set is not None and early_stopping_rounds else None
+            return clf.get_booster(), best
+
+        return self._starting_over(fit)
+
+    def _starting_over(self, fit: Callable[[], R]) -> R:
+        """``fit()``, again (up to ``LOST_DATA_ROUNDS`` more times) on replaced workers after it failed
+        with a worker lost."""
         attempt = 1
         while True:
             workers = self._addresses()
             try:
-                return self._fit_xgboost(params, x, y, eval_set, early_stopping_rounds)
+                return fit()
             except Exception as e:
                 lost = workers - self._addresses()
                 if not lost or attempt > LOST_DATA_ROUNDS:
@@ -322,33 +348,6 @@ class Engine:
 
     def _addresses(self) -> set[str]:
         return set(self.client.scheduler_info()["workers"])
-
-    def _fit_xgboost(
-        self,
-        params: dict[str, Any],
-        x: np.ndarray | Array,
-        y: np.ndarray | Array,
-        eval_set: tuple[np.ndarray, np.ndarray] | None,
-        early_stopping_rounds: int | None,
-    ) -> tuple[xgboost.Booster, int | None]:
-        import numpy as np
-        from dask.array import Array
-        from xgboost import dask as dxgb
-
-        clf = dxgb.DaskXGBClassifier(
-            **{**params, "n_jobs": None}, early_stopping_rounds=early_stopping_rounds
-        )
-        clf.client = self.client
-        x_d: Array
-        y_d: Array
-        if isinstance(x, Array) and isinstance(y, Array):
-            x_d, y_d = x, y
-        else:
-            x_d, y_d = self._arrays(np.asarray(x), np.asarray(y))
-        evals = None if eval_set is None else [self._arrays(*eval_set)]
-        clf.fit(x_d, y_d, eval_set=evals, verbose=False)
-        best = clf.best_iteration if eval_set is not None and early_stopping_rounds else None
-        return clf.get_booster(), best
 
 
 async def _end_process() -> None:
