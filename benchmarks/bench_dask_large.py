@@ -25,12 +25,13 @@ do it with ``compute.engine: dask``:
 
 Memory, per phase: each worker's peak RSS (its ``VmHWM``, reset before the phase through
 ``/proc/self/clear_refs``; and its nanny's figure sampled every 0.5 s through the scheduler, which also
-sees a worker the nanny restarted for exceeding its limit, counted as ``worker_restarts``), and this
-process's ``VmHWM``. The first failing phase stops the run (its error and the figures so far are
-reported; exit code 1, also when a worker went over its limit). The local engine's figure is an
-**extrapolation**: its features step (``load_labelled`` + ``add_features``, in a fresh process) is
-measured on the first ``--probe-days`` (two sizes) and its peak extrapolated linearly in rows to the whole
-data set. Results: stdout and ``benchmarks/results/dask_large.json``.
+sees a worker the nanny restarted for exceeding its limit, counted as ``worker_restarts``; workers that
+fraudops restarted while idle after a table build, having kept too much memory, are counted apart as
+``workers_replaced``), and this process's ``VmHWM``. The first failing phase stops the run (its error
+and the figures so far are reported; exit code 1, also when a worker went over its limit). The local
+engine's figure is an **extrapolation**: its features step (``load_labelled`` + ``add_features``, in a
+fresh process) is measured on the first ``--probe-days`` (two sizes) and its peak extrapolated linearly
+in rows to the whole data set. Results: stdout and ``benchmarks/results/dask_large.json``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -104,14 +106,29 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
+class OverLimit(logging.Handler):
+    """Counts the nannies' restarts of workers over their memory limit (a LocalCluster's nannies run in
+    this process and log each one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += "exceeded" in record.getMessage()
+
+
 class Phases:
     """Runs the phases one by one; for each: seconds, every worker's RSS as the phase starts (what the
     phases before left it holding), every worker's peak RSS (its VmHWM, reset before the
     phase; and its nanny's figure sampled every 0.5 s through the scheduler, which survives a restart),
-    workers restarted (over their limit), this process's peak. The first failing phase stops the run."""
+    workers restarted (over their limit; and all the workers replaced by new processes), this process's
+    peak. The first failing phase stops the run."""
 
     def __init__(self, client: Any) -> None:
         self.client, self.results = client, {}
+        self._over = OverLimit()
+        logging.getLogger("distributed.nanny.memory").addHandler(self._over)
         self._nanny: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -132,6 +149,7 @@ class Phases:
 
     def run(self, name: str, fn: Any) -> Any:
         pids = set(self.client.run(os.getpid).values())
+        over = self._over.count
         held = sorted(round(v) for v in self.client.run(rss_mb).values())
         self.client.run(reset_peak)
         reset_peak()
@@ -146,7 +164,8 @@ class Phases:
         result["worker_rss_before_mb"] = held
         result["worker_vmhwm_mb"] = sorted(round(v) for v in self.client.run(peak_rss_mb).values())
         result["worker_nanny_peak_mb"] = sorted(round(v) for v in self._nanny.values())
-        result["worker_restarts"] = len(pids - set(self.client.run(os.getpid).values()))
+        result["worker_restarts"] = self._over.count - over
+        result["workers_replaced"] = len(pids - set(self.client.run(os.getpid).values()))
         result["driver_vmhwm_mb"] = round(peak_rss_mb())
         if error:
             result["error"] = error

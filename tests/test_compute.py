@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -180,10 +181,34 @@ def test_release_memory_hands_what_tasks_freed_back_to_the_system(dask_client: C
     def forget(dask_worker: Any) -> None:
         del dask_worker.fraudops_test_kept
 
+    pids = dask_client.run(os.getpid)
     fragmented = dask_client.run(fragment)
     with compute.attach(dask_client) as eng:
         eng.release_memory()
     released = dask_client.run(rss_mb)
     dask_client.run(forget)
+    assert dask_client.run(os.getpid) == pids  # what they keep is under the restart fraction: not restarted
     for worker, before in fragmented.items():
         assert before - released[worker] > 150, (worker, before, released[worker])
+
+
+def test_a_worker_keeping_too_much_after_release_is_restarted_while_idle(dask_client: Client) -> None:
+    """Memory no release can return (here: held by a reference outside Dask's data) above the fraction of
+    the limit: that worker, and only it, is restarted by its nanny before the next phase starts."""
+    limit = next(iter(dask_client.scheduler_info()["workers"].values()))["memory_limit"]
+    heavy = sorted(dask_client.scheduler_info()["workers"])[0]
+
+    def hold(dask_worker: Any) -> None:
+        threshold = max(compute.cluster.KEPT_RESTART_FRACTION * limit, compute.cluster.KEPT_FLOOR_BYTES)
+        dask_worker.fraudops_test_kept = bytearray(int(1.5 * threshold))
+
+    pids = dask_client.run(os.getpid)
+    dask_client.run(hold, workers=[heavy])
+    with compute.attach(dask_client) as eng:
+        eng.release_memory()
+    dask_client.wait_for_workers(2, timeout=60)
+    after = dask_client.run(os.getpid)
+    light = next(a for a in pids if a != heavy)
+    assert after[light] == pids[light]
+    assert heavy not in after or after[heavy] != pids[heavy]
+    assert len(set(after.values()) - set(pids.values())) == 1  # one new worker process

@@ -47,6 +47,11 @@ CONNECT_TIMEOUT = "30s"
 LOST_DATA_ROUNDS = 3
 RESEND_PAUSE_S = 0.5
 RESTART_TIMEOUT_S = 120
+KEPT_RESTART_FRACTION = 0.15
+KEPT_FLOOR_BYTES = 512 << 20
+"""After a table build, a worker keeping more than this fraction of its memory limit beyond its data, and
+more than the floor (a worker with its libraries loaded keeps ~0.2 GB: a restart would gain little), is
+restarted."""
 VIEW_SLACK_BYTES = 1 << 20
 """A frame's Arrow buffers may exceed twice its rows' bytes by this much before it is copied to be sent."""
 
@@ -222,8 +227,27 @@ class Engine:
     def release_memory(self) -> None:
         """Every worker hands back to the system the memory its allocators kept of what its tasks freed
         (:func:`_release_memory`). After a phase that spilled (a table build) the workers would otherwise
-        start the next phase with gigabytes that Dask counts as theirs and that the nanny's limit sees."""
-        self.client.run(_release_memory, on_error="ignore")  # a worker just restarted holds nothing
+        start the next phase with gigabytes that Dask counts as theirs and that the nanny's limit sees.
+        A worker that still keeps more than ``KEPT_RESTART_FRACTION`` of its limit (and
+        ``KEPT_FLOOR_BYTES``) beyond the data it holds (a fragmented heap: 0.8 GB of 3.8 after a 139 M-row
+        build) is restarted by its nanny now, while idle, rather than by the nanny at 95 % in the middle
+        of the next phase's tasks."""
+        kept = self.client.run(_release_memory, on_error="return")  # an error: a worker just restarted
+        nannies = {a for a, w in self.client.scheduler_info()["workers"].items() if w.get("nanny")}
+        heavy = sorted(
+            address
+            for address, (unmanaged, limit) in ((a, k) for a, k in kept.items() if isinstance(k, tuple))
+            if address in nannies
+            and limit
+            and unmanaged > max(KEPT_RESTART_FRACTION * limit, KEPT_FLOOR_BYTES)
+        )
+        if heavy:
+            log.info(
+                "restarting %s: memory kept after release above %.0f %% of the limit",
+                heavy,
+                100 * KEPT_RESTART_FRACTION,
+            )
+            self.client.restart_workers(heavy, timeout=RESTART_TIMEOUT_S)
 
     def matrix(self, blocks: Sequence[Future], rows: Sequence[int], columns: int) -> tuple[Array, Array]:
         """Dask arrays ``x`` (float32, ``columns`` wide) and ``y`` (int32) of row blocks the workers hold,
@@ -355,10 +379,11 @@ async def _end_process() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _release_memory() -> None:
+def _release_memory(dask_worker: Any) -> tuple[int, int]:
     """Run on a worker: Python's unreachable objects collected, Arrow's pool (mimalloc) and glibc's heaps
-    trimmed (``malloc_trim``, not on other C libraries). polars' allocator (jemalloc) returns freed
-    pages by itself (its background thread)."""
+    trimmed (``malloc_trim``, not on other C libraries); polars' allocator (jemalloc) returns freed
+    pages by itself (its background thread). Returns the process's memory beyond the data the worker
+    holds, and its limit (0: none), in bytes."""
     import ctypes
     import ctypes.util
     import gc
@@ -371,6 +396,8 @@ def _release_memory() -> None:
     trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
     if trim is not None:
         trim(0)
+    unmanaged = dask_worker.monitor.get_process_memory() - dask_worker.state.nbytes
+    return int(unmanaged), int(dask_worker.memory_manager.memory_limit or 0)
 
 
 def _reduce_frame(df: Any) -> Any:
