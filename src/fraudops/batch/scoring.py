@@ -80,7 +80,6 @@ from fraudops.data.reading import duplicate_names, read_table, reading
 from fraudops.data.schema import LABEL, ROW_ERROR, SCENARIO, TX_ID, TX_TIME, role_columns
 from fraudops.data.validation import validate
 from fraudops.errors import DataValidationError, FraudopsError, Problem
-from fraudops.features import scaled
 from fraudops.features.table import HISTORY_COLUMNS, FeatureTable
 from fraudops.modeling.explain import TOP, Explainer
 from fraudops.modeling.model import FraudModel
@@ -392,10 +391,7 @@ def _inputs(valid: pl.DataFrame, plan: _Plan, ctx: _Context) -> np.ndarray:
     new = valid.drop(ROW_ERROR, *([] if plan.id_column else [TX_ID]), strict=False)
     cfg = ctx.settings.features
     if isinstance(ctx.history, FeatureTable):  # on a worker: these rows' look-back, read a group at a time
-        groups = functools.partial(
-            ctx.history.groups, new, cfg, ctx.settings.compute.partition_rows, add=ctx.with_others
-        )
-        featured = scaled.features_over_groups(new, groups, cfg)
+        featured = ctx.history.features_over(new, cfg, ctx.settings.compute.partition_rows, ctx.with_others)
     else:
         featured = features.features_for(new, ctx.with_others(ctx.history, None), cfg)
     return _matrix(featured, ctx.model.feature_names)

@@ -235,11 +235,12 @@ class Engine:
         kept = self.client.run(_release_memory, on_error="return")  # an error: a worker just restarted
         nannies = {a for a, w in self.client.scheduler_info()["workers"].items() if w.get("nanny")}
         heavy = sorted(
-            address
-            for address, (unmanaged, limit) in ((a, k) for a, k in kept.items() if isinstance(k, tuple))
-            if address in nannies
-            and limit
-            and unmanaged > max(KEPT_RESTART_FRACTION * limit, KEPT_FLOOR_BYTES)
+            a
+            for a, k in kept.items()
+            if isinstance(k, tuple)
+            and a in nannies
+            and k[1]
+            and k[0] > max(KEPT_RESTART_FRACTION * k[1], KEPT_FLOOR_BYTES)
         )
         if heavy:
             log.info(

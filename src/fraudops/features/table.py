@@ -85,6 +85,10 @@ class Manifest(BaseModel):
     """What it was built from (:func:`inputs_signature`): a build with the same inputs reuses it."""
 
 
+AddHistory = Callable[[pl.DataFrame | None, scaled.Keep | None], pl.DataFrame | None]
+"""A group's history from its table rows: rows of other inputs added (of them what the filter leaves)."""
+
+
 @dataclasses.dataclass
 class FeatureTable:
     """A built table in a workspace."""
@@ -159,18 +163,12 @@ class FeatureTable:
         return max(1, math.ceil(((end - start).days * per_day + new.height) / partition_rows))
 
     def groups(
-        self,
-        new: pl.DataFrame,
-        cfg: FeaturesConfig,
-        partition_rows: int,
-        entity: str,
-        add: Callable[[pl.DataFrame | None, scaled.Keep | None], pl.DataFrame | None] = lambda base, _: base,
+        self, new: pl.DataFrame, cfg: FeaturesConfig, partition_rows: int, add: AddHistory, entity: str
     ) -> Iterator[scaled.Group]:
         """The groups of ``entity`` whose look-back (for ``new``) is read one at a time: customers in hash
         buckets of about ``partition_rows`` rows of look-back (each bucket filters every part's rows);
         terminals a part at a time (a part holds whole terminals: each part is read once), then the
-        terminals no part has. ``add(rows, keep)`` gives a group's history from its table rows (rows of
-        other inputs added, of them what ``keep`` leaves)."""
+        terminals no part has; a group's history is ``add(its table rows, keep)``."""
         if entity == "customer":
             buckets = self.lookback_buckets(new, cfg, partition_rows)
             yield from scaled.hash_groups(
@@ -179,10 +177,17 @@ class FeatureTable:
             return
         yield from scaled.part_groups(self.lookback_parts(new, cfg), add)
 
-    def features_over(self, new: pl.DataFrame, cfg: FeaturesConfig, partition_rows: int) -> pl.DataFrame:
-        """The features of ``new`` over this table's rows (and over each other), computed here (a
-        worker) reading their look-back a group at a time (:meth:`groups`)."""
-        return scaled.features_over_groups(new, functools.partial(self.groups, new, cfg, partition_rows), cfg)
+    def features_over(
+        self,
+        new: pl.DataFrame,
+        cfg: FeaturesConfig,
+        partition_rows: int,
+        add: AddHistory = lambda base, _: base,
+    ) -> pl.DataFrame:
+        """The features of ``new`` over this table's rows (and over each other; and rows ``add`` adds),
+        computed here (a worker) reading their look-back a group at a time (:meth:`groups`)."""
+        groups = functools.partial(self.groups, new, cfg, partition_rows, add)
+        return scaled.features_over_groups(new, groups, cfg)
 
     def _lookback_days(self, new: pl.DataFrame, cfg: FeaturesConfig) -> tuple[dt.date, dt.date]:
         times = new.get_column(TX_TIME)
