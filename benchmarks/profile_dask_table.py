@@ -80,7 +80,9 @@ def main() -> int:
                     start = time.perf_counter()
                     table.labelled(storage, settings)
                     wall = time.perf_counter() - start
-                workers = [round(v - there[k], 1) for k, v in client.run(_cpu_seconds).items()]
+                # a worker restarted after the build (it kept too much memory) is a new process: no figure
+                after = client.run(_cpu_seconds)
+                workers = [round(after[k] - v, 1) if k in after else "restarted" for k, v in there.items()]
                 print(
                     f"run {run}: {n:,} rows, {wall:.2f} s; CPU s: this process "
                     f"{_cpu_seconds() - here:.1f}, workers {workers}"

@@ -16,7 +16,7 @@ from distributed import Client
 from fraudops import compute
 from fraudops.config import Settings, SimulateConfig
 from fraudops.data import simulate
-from fraudops.data.loading import fingerprint, load_folder, load_labelled
+from fraudops.data.loading import Piece, fingerprint, load_folder, load_labelled
 from fraudops.data.schema import AMOUNT, LABEL, SCENARIO, TX_ID, to_file_columns
 from fraudops.errors import DataValidationError
 from fraudops.features import engine, table
@@ -137,3 +137,17 @@ def test_bad_rows_are_reported_as_when_loading_here(
     assert sorted(map(str, there.value.problems)) == sorted(map(str, here.value.problems))
     assert any(p.n_rows == 4 for p in here.value.problems)
     assert not storage.ls(FEATURE_TABLES)  # checked before anything is computed or written
+
+
+def test_pieces_are_read_in_batches_of_consecutive_pieces() -> None:
+    """A shuffle's first tasks: consecutive pieces up to the partition's rows (a bigger piece alone), and
+    at least as many batches as asked when there are as many pieces."""
+    pieces = [Piece(f"f{i}.parquet", None, 10, i) for i in range(10)]
+
+    def cut(sizes: list[int], rows: int, at_least: int) -> list[list[int]]:
+        return [[p.index for p in b] for b in table._batches(pieces[: len(sizes)], sizes, rows, at_least)]
+
+    assert cut([10] * 10, 30, 2) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    assert cut([10] * 10, 1_000, 4) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]  # 25 rows a batch at most
+    assert cut([10, 50, 10, 10], 30, 1) == [[0], [1], [2, 3]]
+    assert cut([10, 10], 1_000, 4) == [[0], [1]]

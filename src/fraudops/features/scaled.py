@@ -12,7 +12,7 @@ flags are equal to the local engine's; averages and standard deviations agree to
 
 Frames already in this process (:func:`add_features`, :func:`features_for`) are partitioned here and
 each partition sent once, with only the columns its entity reads (:func:`cluster_windows`); a feature
-table's rows are read by the workers and shuffled worker to worker (:func:`split_piece` and the
+table's rows are read by the workers and shuffled worker to worker (:func:`split_pieces` and the
 functions after it, used by :mod:`fraudops.features.table`).
 
 :func:`add_features` and :func:`features_for` are the local engine's functions, on the engine of the
@@ -251,21 +251,32 @@ def _gathered(pieces: list[pl.DataFrame | None]) -> pl.DataFrame:
     return part.hstack(narrow(part)).with_columns(pl.lit(True).alias(OWN))
 
 
-def split_piece(
-    piece: Piece, storage: Storage, data: DataConfig, cfg: FeaturesConfig, labelled_only: bool, buckets: int
-) -> tuple[dict[int, pl.DataFrame], Survey]:
-    """A piece's valid rows by customer bucket, and its survey (what the command's process checks)."""
-    v = read_piece(storage, piece, data)
-    rows = piece_rows(v, labelled_only=labelled_only)
-    report = survey(v, data)
-    if rows is None or rows.height == 0 or v.file_problems:
-        return {}, report
-    # add_features replaces input columns named like a feature (the amount apart): drop them now
-    rows = rows.drop([c for c in feature_names(cfg) if c != AMOUNT and c in rows.columns])
-    order = (pl.int_range(pl.len(), dtype=pl.Int64) + (piece.index << 32)).alias(ROW)
+def split_pieces(
+    pieces: list[Piece],
+    storage: Storage,
+    data: DataConfig,
+    cfg: FeaturesConfig,
+    labelled_only: bool,
+    buckets: int,
+) -> tuple[dict[int, pl.DataFrame], list[Survey]]:
+    """Some pieces' valid rows by customer bucket, and each piece's survey (what the command's process
+    checks). Several pieces a task: fewer, larger frames move in the shuffle (a day's file is small)."""
+    frames, reports = [], []
+    for piece in pieces:
+        v = read_piece(storage, piece, data)
+        rows = piece_rows(v, labelled_only=labelled_only)
+        reports.append(survey(v, data))
+        if rows is None or rows.height == 0 or v.file_problems:
+            continue
+        # add_features replaces input columns named like a feature (the amount apart): drop them now
+        rows = rows.drop([c for c in feature_names(cfg) if c != AMOUNT and c in rows.columns])
+        order = (pl.int_range(pl.len(), dtype=pl.Int64) + (piece.index << 32)).alias(ROW)
+        frames.append(rows.with_columns(order))
+    if not frames:
+        return {}, reports
     # by the input column, not the narrow one: narrow columns are built where the partition is computed
     # (a third less data in the shuffle)
-    return _split_by(rows.with_columns(order), CUSTOMER, buckets), report
+    return _split_by(pl.concat(frames, how="diagonal_relaxed"), CUSTOMER, buckets), reports
 
 
 def combine_customers(key: int, pieces: list[pl.DataFrame | None], cfg: FeaturesConfig) -> pl.DataFrame:

@@ -263,6 +263,21 @@ def _rows_at_most(storage: Storage, pieces: list[Piece]) -> int:
     return sum(p.rows if p.rows is not None else storage.size(p.rel) // CSV_ROW_BYTES for p in pieces)
 
 
+def _batches(pieces: list[Piece], sizes: list[int], rows: int, at_least: int) -> list[list[Piece]]:
+    """Consecutive pieces in batches of at most ``rows`` rows (a piece larger alone), and at least
+    ``at_least`` batches when there are as many pieces (every worker reads): a shuffle's first tasks."""
+    rows = max(1, min(rows, -(-sum(sizes) // at_least)))
+    batches: list[list[Piece]] = []
+    held = 0
+    for piece, size in zip(pieces, sizes, strict=True):
+        if not batches or held + size > rows:
+            batches.append([])
+            held = 0
+        batches[-1].append(piece)
+        held += size
+    return batches
+
+
 def write_part(
     key: int,
     pieces: list[pl.DataFrame | None],
@@ -329,14 +344,15 @@ def build(
     pieces = list_pieces(storage, folders)
     generation = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     folder = posixpath.join(base, generation)
-    buckets = max(eng.workers, math.ceil(_rows_at_most(storage, pieces) / eng.partition_rows))
+    sizes = [_rows_at_most(storage, [p]) for p in pieces]
+    buckets = max(eng.workers, math.ceil(sum(sizes) / eng.partition_rows))
     by_customer = eng.exchange(
-        pieces,
-        scaled.split_piece,
+        _batches(pieces, sizes, eng.partition_rows, 2 * eng.workers),
+        scaled.split_pieces,
         (storage, settings.data, settings.features, labelled_only, buckets),
         scaled.combine_customers,
         (settings.features,),
-        check=lambda surveys: check_surveys(storage, pieces, surveys, settings.data),
+        check=lambda reports: check_surveys(storage, pieces, [s for r in reports for s in r], settings.data),
     )
     written = eng.exchange(
         [by_customer.pop(k) for k in sorted(by_customer)],  # held nowhere else: released once split
