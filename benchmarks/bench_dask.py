@@ -128,10 +128,11 @@ def files_features(settings: Any, storage: Any) -> None:
 
 
 def dist_batch(eng: Any, model: Any, rels: list[str], storage: Any, settings: Any, scored_at: Any) -> None:
-    """The batch step's fan-out: the model once per worker, one task per file."""
+    """The batch step's fan-out: the model and its explainer once per worker, one task per file."""
     from fraudops.batch.step import score_partition
+    from fraudops.modeling.explain import Explainer
 
-    shared = {"model": model, "history": None}
+    shared = {"model": model, "history": None, "explainer": Explainer(model)}
     done = eng.map(
         score_partition,
         rels,
@@ -163,6 +164,7 @@ def main() -> int:
     from fraudops.batch.step import score_partition
     from fraudops.features import add_features
     from fraudops.features.engine import add_features as local_add_features
+    from fraudops.modeling.explain import Explainer
 
     load_before = os.getloadavg()
     tx = make_data(args.customers, args.days)
@@ -183,9 +185,12 @@ def main() -> int:
         scored_at = dt.datetime.now(dt.UTC)
         threads_model = model.with_threads(2)
 
-        def local_batch() -> None:
+        def local_batch() -> None:  # as the batch step: one explainer for every file
+            explainer = Explainer(threads_model)
             for rel in rels:
-                _, error = score_partition(rel, storage, threads_model, settings, 1, scored_at, None, None)
+                _, error = score_partition(
+                    rel, storage, threads_model, settings, 1, scored_at, None, None, explainer
+                )
                 assert error is None, error
 
         out["local"]["batch_s"] = median_seconds(local_batch, args.runs)

@@ -125,7 +125,9 @@ def batch_step(ctx: StepContext) -> BatchResult:
     journal.complete_pending(settings)
     storage.remove_leftovers(PREDICTIONS)
     version, model = champion(settings)
-    model = model.with_threads(settings.train.n_jobs)
+    eng = compute.current()
+    # on the workers each task runs on one thread: the model, and the explainer's, predict with one
+    model = model.with_threads(settings.train.n_jobs if eng is None else 1)
     if settings.data.kind == "transactions":
         unknown = [n for n in model.feature_names if n not in features.feature_names(settings.features)]
         if unknown:
@@ -133,7 +135,6 @@ def batch_step(ctx: StepContext) -> BatchResult:
                 f"champion version {version} needs features the features configuration does not produce: "
                 f"{', '.join(unknown)}"
             )
-    eng = compute.current()
     history: pl.DataFrame | FeatureTable | None = None
     peers: pl.DataFrame | None = None
     if settings.data.kind == "transactions":
@@ -178,7 +179,7 @@ def batch_step(ctx: StepContext) -> BatchResult:
                 files,
                 storage,
                 shared={
-                    "model": model.with_threads(1),
+                    "model": model,
                     "history": history,
                     "peers": peers,
                     "explainer": explainer,
