@@ -14,8 +14,11 @@ shuffle, compute and write it as Parquet; deleted before each run). Batch: the f
 ``--files`` Parquet files of a features-kind workspace, scored by the batch step's per-file function
 with a small XGBoost model, in this process and as one task per file on the clusters. Each figure is the
 median of ``--runs``; throughput = transactions / second; peak memory per worker = the worker
-process's ``VmHWM`` after the runs (compared with its limit). Results: a markdown table on stdout and
-``benchmarks/results/dask.json`` (with the machine load before and after).
+process's ``VmHWM`` after the runs (compared with its limit); cores used = CPU seconds per wall second
+over the runs, of this process (the command's, with the LocalCluster's scheduler) and of the workers
+(one worker with one task thread may use more than a core: its tasks' I/O threads, Dask's comms).
+Results: a markdown table on stdout and ``benchmarks/results/dask.json`` (with the machine load before
+and after).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from common import cpu_seconds
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "dask.json"
 
@@ -48,13 +53,21 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def median_seconds(fn: Callable[[], Any], runs: int) -> float:
-    times = []
+def median_seconds(fn: Callable[[], Any], runs: int, client: Any = None) -> tuple[float, dict[str, float]]:
+    """The median wall time of ``runs`` runs, and the cores used over them: CPU seconds per wall second
+    of this process (with a LocalCluster's scheduler) and of the workers together (a worker restarted
+    during a run is left out)."""
+    times, here, there = [], 0.0, 0.0
     for _ in range(runs):
-        t0 = time.perf_counter()
+        before = client.run(cpu_seconds) if client is not None else {}
+        own, t0 = cpu_seconds(), time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        here += cpu_seconds() - own
+        after = client.run(cpu_seconds) if client is not None else {}
+        there += sum(after[k] - v for k, v in before.items() if k in after)
+    wall = sum(times)
+    return statistics.median(times), {"process": round(here / wall, 2), "workers": round(there / wall, 2)}
 
 
 def make_data(customers: int, days: int) -> pl.DataFrame:
@@ -174,12 +187,17 @@ def main() -> int:
     )
     featured = local_add_features(tx)
     out: dict[str, Any] = {"transactions": n, "customers": args.customers, "days": args.days}
-    out["local"] = {"features_s": median_seconds(lambda: local_add_features(tx), args.runs)}
+    out["local"] = {"features_s": 0.0, "cores": {}}
+    out["local"]["features_s"], out["local"]["cores"]["features"] = median_seconds(
+        lambda: local_add_features(tx), args.runs
+    )
     print(f"local features {out['local']['features_s']:.2f} s", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-dask-") as tmp:
         ws_settings, ws_storage = files_setup(tx, Path(tmp) / "transactions")
-        out["local"]["files_s"] = median_seconds(lambda: files_features(ws_settings, ws_storage), args.runs)
+        out["local"]["files_s"], out["local"]["cores"]["files"] = median_seconds(
+            lambda: files_features(ws_settings, ws_storage), args.runs
+        )
         print(f"local features from files {out['local']['files_s']:.2f} s", flush=True)
         settings, storage, model, rels = batch_setup(featured, args.files, Path(tmp) / "features")
         scored_at = dt.datetime.now(dt.UTC)
@@ -193,7 +211,7 @@ def main() -> int:
                 )
                 assert error is None, error
 
-        out["local"]["batch_s"] = median_seconds(local_batch, args.runs)
+        out["local"]["batch_s"], out["local"]["cores"]["batch"] = median_seconds(local_batch, args.runs)
         out["local"]["peak_rss_mb"] = round(peak_rss_mb())
         print(f"local batch {out['local']['batch_s']:.2f} s", flush=True)
 
@@ -205,23 +223,27 @@ def main() -> int:
                 compute.attach(client, partition_rows=partition_rows) as eng,
             ):
                 add_features(tx.head(50_000))  # warm-up: imports on the workers
-                feat_s = median_seconds(lambda: add_features(tx), args.runs)
-                files_s = median_seconds(lambda: files_features(ws_settings, ws_storage), args.runs)
+                cores = {}
+                feat_s, cores["features"] = median_seconds(lambda: add_features(tx), args.runs, client)
+                files_s, cores["files"] = median_seconds(
+                    lambda: files_features(ws_settings, ws_storage), args.runs, client
+                )
                 job = (eng, model.with_threads(1), rels, storage, settings, scored_at)
                 dist_batch(*job)  # warm-up: the workers import the scoring code
-                batch_s = median_seconds(lambda job=job: dist_batch(*job), args.runs)
+                batch_s, cores["batch"] = median_seconds(lambda job=job: dist_batch(*job), args.runs, client)
                 peaks = client.run(peak_rss_mb)
             out[f"dask_{workers}"] = {
                 "features_s": feat_s,
                 "files_s": files_s,
                 "batch_s": batch_s,
                 "partition_rows": partition_rows,
+                "cores": cores,
                 "worker_peak_rss_mb": sorted(round(v) for v in peaks.values()),
                 "worker_memory_limit": args.memory_limit,
             }
             print(
                 f"dask {workers} workers: features {feat_s:.2f} s, from files {files_s:.2f} s, "
-                f"batch {batch_s:.2f} s, peaks {peaks}",
+                f"batch {batch_s:.2f} s, peaks {peaks}, cores used {cores}",
                 flush=True,
             )
     out["load_before"], out["load_after"] = load_before, os.getloadavg()
@@ -232,14 +254,15 @@ def main() -> int:
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
     print(
         "\n| engine | features s | features tx/s | from files s | from files tx/s | batch s | batch tx/s "
-        "| worker peak RSS MB |"
+        "| worker peak RSS MB | cores used: this process + workers (features, files, batch) |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for key in ("local", "dask_1", "dask_2"):
         r = out[key]
         peaks_txt = ", ".join(map(str, r.get("worker_peak_rss_mb", [r.get("peak_rss_mb")])))
         cells = [f"{r[f'{w}_s']:.2f} | {n / r[f'{w}_s']:,.0f}" for w in ("features", "files", "batch")]
-        print(f"| {key} | {' | '.join(cells)} | {peaks_txt} |")
+        used = ", ".join(f"{c['process']:.2f} + {c['workers']:.2f}" for c in r["cores"].values())
+        print(f"| {key} | {' | '.join(cells)} | {peaks_txt} | {used} |")
     for what in ("features", "files", "batch"):
         ratios = out[f"{what}_ratios"]
         print(

@@ -21,6 +21,14 @@ def machine(*packages: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+def cpu_seconds() -> float:
+    """This process's user + system CPU time (benchmarks also run it on each Dask worker)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def finish(output: Path, result: dict[str, Any], failures: list[str]) -> int:
     """Write the results as JSON; 1 (and the reasons on stderr) when a target was missed."""
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -21,14 +21,7 @@ import time
 from pathlib import Path
 
 from bench_dask import files_setup, make_data
-
-
-def _cpu_seconds() -> float:
-    """This process's user + system CPU time (also run on each worker)."""
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from common import cpu_seconds
 
 
 def _task_seconds(stream: list[dict]) -> dict[str, float]:
@@ -75,17 +68,17 @@ def main() -> int:
         ):
             for run in range(1, args.runs + 1):
                 storage.delete(FEATURE_TABLES, recursive=True)
-                here, there = _cpu_seconds(), client.run(_cpu_seconds)
+                here, there = cpu_seconds(), client.run(cpu_seconds)
                 with get_task_stream(client=client) as stream:
                     start = time.perf_counter()
                     table.labelled(storage, settings)
                     wall = time.perf_counter() - start
                 # a worker restarted after the build (it kept too much memory) is a new process: no figure
-                after = client.run(_cpu_seconds)
+                after = client.run(cpu_seconds)
                 workers = [round(after[k] - v, 1) if k in after else "restarted" for k, v in there.items()]
                 print(
                     f"run {run}: {n:,} rows, {wall:.2f} s; CPU s: this process "
-                    f"{_cpu_seconds() - here:.1f}, workers {workers}"
+                    f"{cpu_seconds() - here:.1f}, workers {workers}"
                 )
                 for name, seconds in _task_seconds(stream.data).items():
                     print(f"    {name:32s} {seconds:7.2f}")
