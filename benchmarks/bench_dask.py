@@ -53,19 +53,52 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def median_seconds(fn: Callable[[], Any], runs: int, client: Any = None) -> tuple[float, dict[str, float]]:
+class Workers:
+    """The workers' CPU seconds and peak memory, counting the processes fraudops restarts after a table
+    build (:meth:`fraudops.compute.Engine.release_memory`, a worker keeping too much): both are read just
+    before it releases memory."""
+
+    def __init__(self, eng: Any) -> None:
+        self.client = eng.client
+        self.ended_cpu = 0.0  # CPU seconds of worker processes that were restarted
+        self.peaks: dict[str, float] = {}  # by worker address (a restarted worker gets a new one)
+        release = eng.release_memory
+
+        def watched() -> None:
+            last = self.client.run(cpu_seconds)
+            self._peaks()
+            release()
+            alive = set(self.client.scheduler_info()["workers"])
+            self.ended_cpu += sum(v for a, v in last.items() if a not in alive)
+
+        eng.release_memory = watched
+
+    def _peaks(self) -> None:
+        for a, v in self.client.run(peak_rss_mb).items():
+            self.peaks[a] = max(v, self.peaks.get(a, 0.0))
+
+    def cpu(self) -> float:
+        return sum(self.client.run(cpu_seconds).values()) + self.ended_cpu
+
+    def peak_mb(self, workers: int) -> list[int]:
+        """The ``workers`` highest peaks of the worker processes there were."""
+        self._peaks()
+        return sorted(round(v) for v in sorted(self.peaks.values())[-workers:])
+
+
+def median_seconds(
+    fn: Callable[[], Any], runs: int, workers: Workers | None = None
+) -> tuple[float, dict[str, float]]:
     """The median wall time of ``runs`` runs, and the cores used over them: CPU seconds per wall second
-    of this process (with a LocalCluster's scheduler) and of the workers together (a worker restarted
-    during a run is left out)."""
+    of this process (with a LocalCluster's scheduler) and of the workers together."""
     times, here, there = [], 0.0, 0.0
     for _ in range(runs):
-        before = client.run(cpu_seconds) if client is not None else {}
+        before = workers.cpu() if workers is not None else 0.0
         own, t0 = cpu_seconds(), time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
         here += cpu_seconds() - own
-        after = client.run(cpu_seconds) if client is not None else {}
-        there += sum(after[k] - v for k, v in before.items() if k in after)
+        there += workers.cpu() - before if workers is not None else 0.0
     wall = sum(times)
     return statistics.median(times), {"process": round(here / wall, 2), "workers": round(there / wall, 2)}
 
@@ -222,23 +255,24 @@ def main() -> int:
                 compute.local_client(cluster) as client,
                 compute.attach(client, partition_rows=partition_rows) as eng,
             ):
+                watch = Workers(eng)
                 add_features(tx.head(50_000))  # warm-up: imports on the workers
                 cores = {}
-                feat_s, cores["features"] = median_seconds(lambda: add_features(tx), args.runs, client)
+                feat_s, cores["features"] = median_seconds(lambda: add_features(tx), args.runs, watch)
                 files_s, cores["files"] = median_seconds(
-                    lambda: files_features(ws_settings, ws_storage), args.runs, client
+                    lambda: files_features(ws_settings, ws_storage), args.runs, watch
                 )
                 job = (eng, model.with_threads(1), rels, storage, settings, scored_at)
                 dist_batch(*job)  # warm-up: the workers import the scoring code
-                batch_s, cores["batch"] = median_seconds(lambda job=job: dist_batch(*job), args.runs, client)
-                peaks = client.run(peak_rss_mb)
+                batch_s, cores["batch"] = median_seconds(lambda job=job: dist_batch(*job), args.runs, watch)
+                peaks = watch.peak_mb(workers)
             out[f"dask_{workers}"] = {
                 "features_s": feat_s,
                 "files_s": files_s,
                 "batch_s": batch_s,
                 "partition_rows": partition_rows,
                 "cores": cores,
-                "worker_peak_rss_mb": sorted(round(v) for v in peaks.values()),
+                "worker_peak_rss_mb": peaks,
                 "worker_memory_limit": args.memory_limit,
             }
             print(
