@@ -257,10 +257,10 @@ def read_days(
     return df.filter((day >= start) & (day < end))
 
 
-def _rows_at_most(storage: Storage, pieces: list[Piece]) -> int:
-    """At most how many rows the pieces hold, before they are read: a Parquet piece's from its footer, a
-    CSV file's from its size (a row takes at least ``CSV_ROW_BYTES``)."""
-    return sum(p.rows if p.rows is not None else storage.size(p.rel) // CSV_ROW_BYTES for p in pieces)
+def _rows_at_most(storage: Storage, piece: Piece) -> int:
+    """At most how many rows a piece holds, before it is read: a Parquet piece's from its footer, a CSV
+    file's from its size (a row takes at least ``CSV_ROW_BYTES``)."""
+    return piece.rows if piece.rows is not None else storage.size(piece.rel) // CSV_ROW_BYTES
 
 
 def _batches(pieces: list[Piece], sizes: list[int], rows: int, at_least: int) -> list[list[Piece]]:
@@ -344,7 +344,7 @@ def build(
     pieces = list_pieces(storage, folders)
     generation = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     folder = posixpath.join(base, generation)
-    sizes = [_rows_at_most(storage, [p]) for p in pieces]
+    sizes = [_rows_at_most(storage, p) for p in pieces]
     buckets = max(eng.workers, math.ceil(sum(sizes) / eng.partition_rows))
     by_customer = eng.exchange(
         _batches(pieces, sizes, eng.partition_rows, 2 * eng.workers),
