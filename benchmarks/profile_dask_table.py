@@ -7,8 +7,8 @@ Data: the transactions of ``bench_dask.py`` (``--customers`` x ``--days``) as a 
 workspace's data/raw/. Each run deletes the workspace's feature tables and builds the labelled one
 (:func:`fraudops.features.table.labelled`) on a ``LocalCluster`` of ``--workers`` processes (one thread
 each, ``--memory-limit`` each), with ``bench_dask.py``'s partition size. Printed per run: the build's wall
-time, the CPU seconds of this process and of each worker, and from Dask's task stream the seconds of
-each task name computing and fetching its inputs from another worker (``:transfer``). A profile for
+time, the CPU seconds of this process and of the workers together, and from Dask's task stream the
+seconds of each task name computing and fetching its inputs from another worker (``:transfer``). A profile for
 finding the next thing to speed up, not a benchmark: the throughput figures are ``bench_dask.py``'s.
 """
 
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_dask import files_setup, make_data
+from bench_dask import Workers, files_setup, make_data
 from common import cpu_seconds
 
 
@@ -64,21 +64,19 @@ def main() -> int:
         with (
             compute.local_cluster(args.workers, args.memory_limit) as cluster,
             compute.local_client(cluster) as client,
-            compute.attach(client, partition_rows=partition_rows),
+            compute.attach(client, partition_rows=partition_rows) as eng,
         ):
+            watch = Workers(eng)  # counts a worker restarted after a build (it kept too much memory)
             for run in range(1, args.runs + 1):
                 storage.delete(FEATURE_TABLES, recursive=True)
-                here, there = cpu_seconds(), client.run(cpu_seconds)
+                here, there = cpu_seconds(), watch.cpu()
                 with get_task_stream(client=client) as stream:
                     start = time.perf_counter()
                     table.labelled(storage, settings)
                     wall = time.perf_counter() - start
-                # a worker restarted after the build (it kept too much memory) is a new process: no figure
-                after = client.run(cpu_seconds)
-                workers = [round(after[k] - v, 1) if k in after else "restarted" for k, v in there.items()]
                 print(
                     f"run {run}: {n:,} rows, {wall:.2f} s; CPU s: this process "
-                    f"{cpu_seconds() - here:.1f}, workers {workers}"
+                    f"{cpu_seconds() - here:.1f}, the workers together {watch.cpu() - there:.1f}"
                 )
                 for name, seconds in _task_seconds(stream.data).items():
                     print(f"    {name:32s} {seconds:7.2f}")

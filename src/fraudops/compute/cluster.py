@@ -232,15 +232,13 @@ class Engine:
         ``KEPT_FLOOR_BYTES``) beyond the data it holds (a fragmented heap: 0.8 GB of 3.8 after a 139 M-row
         build) is restarted by its nanny now, while idle, rather than by the nanny at 95 % in the middle
         of the next phase's tasks."""
-        kept = self.client.run(_release_memory, on_error="return")  # an error: a worker just restarted
+        answers = self.client.run(_release_memory, on_error="return")  # an error: a worker just restarted
+        kept = {a: k for a, k in answers.items() if isinstance(k, tuple)}
         nannies = {a for a, w in self.client.scheduler_info()["workers"].items() if w.get("nanny")}
         heavy = sorted(
             a
-            for a, k in kept.items()
-            if isinstance(k, tuple)
-            and a in nannies
-            and k[1]
-            and k[0] > max(KEPT_RESTART_FRACTION * k[1], KEPT_FLOOR_BYTES)
+            for a, (unmanaged, limit) in kept.items()
+            if a in nannies and limit and unmanaged > max(KEPT_RESTART_FRACTION * limit, KEPT_FLOOR_BYTES)
         )
         if heavy:
             log.info(
