@@ -17,7 +17,11 @@ median of ``--runs``; throughput = transactions / second; peak memory per worker
 process's ``VmHWM`` after the runs (compared with its limit); cores used = CPU seconds per wall second
 over the runs, of this process (the command's, with the LocalCluster's scheduler) and of the workers
 (one worker with one task thread may use more than a core: its tasks' I/O threads, Dask's comms).
-Results: a markdown table on stdout and ``benchmarks/results/dask.json`` (with the machine load before
+The ceiling ("2 x 1 worker"): what two workers could reach here with no cost of working together --
+two processes, each with its own 1-worker LocalCluster and half the data (the customers of one parity:
+their transactions in memory and as a workspace's day files; every other batch file), run the same
+three measurements at once, each run starting together (a barrier); a run's time is the later of the
+two. Results: a markdown table on stdout and ``benchmarks/results/dask.json`` (with the machine load before
 and after).
 """
 
@@ -27,6 +31,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import queue
 import resource
 import statistics
 import tempfile
@@ -192,6 +197,97 @@ def dist_batch(eng: Any, model: Any, rels: list[str], storage: Any, settings: An
     assert all(error is None for _, error in done), done
 
 
+def solo(job: dict[str, Any], barrier: Any, results: Any) -> None:
+    """One half of the ceiling, in its own process: a 1-worker LocalCluster on its half of the data,
+    each timed run started at the barrier together with the other half's."""
+    from fraudops import compute, process
+    from fraudops.features import add_features
+
+    process.configure()
+    tx = pl.read_parquet(job["tx"])
+    try:
+        with (
+            compute.local_cluster(1, job["memory_limit"]) as cluster,
+            compute.local_client(cluster) as client,
+            compute.attach(client, partition_rows=job["partition_rows"]) as eng,
+        ):
+            watch = Workers(eng)
+            batch = (eng, job["model"], job["rels"], job["storage"], job["settings"], job["scored_at"])
+            add_features(tx.head(50_000))  # warm-up, as for the clusters of main()
+            dist_batch(*batch)
+            measured = {
+                "features": lambda: add_features(tx),
+                "files": lambda: files_features(job["ws_settings"], job["ws_storage"]),
+                "batch": lambda: dist_batch(*batch),
+            }
+            times: dict[str, list[float]] = {}
+            cpu: dict[str, dict[str, float]] = {}
+            for what, fn in measured.items():
+                times[what], own, theirs = [], cpu_seconds(), watch.cpu()
+                for _ in range(job["runs"]):
+                    barrier.wait()
+                    t0 = time.perf_counter()
+                    fn()
+                    times[what].append(time.perf_counter() - t0)
+                cpu[what] = {"process": cpu_seconds() - own, "workers": watch.cpu() - theirs}
+            results.put({"times": times, "cpu": cpu, "peaks": watch.peak_mb(1)})
+    except BaseException:
+        barrier.abort()  # the other half stops waiting
+        raise
+
+
+def ceiling(
+    tx: pl.DataFrame, batch_job: tuple[Any, Any, Any, list[str]], root: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Two independent 1-worker runs on halves of the data at once (:func:`solo`): the medians of the
+    later half's time per run, and the cores both used."""
+    import multiprocessing
+
+    from fraudops.data.schema import CUSTOMER
+
+    settings, storage, model, rels = batch_job
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = []
+    for part in range(2):
+        half = tx.filter(pl.col(CUSTOMER) % 2 == part)
+        half.write_parquet(root / f"half-{part}.parquet")
+        ws_settings, ws_storage = files_setup(half, root / f"half-{part}")
+        job = {
+            "tx": root / f"half-{part}.parquet",
+            "ws_settings": ws_settings,
+            "ws_storage": ws_storage,
+            "model": model.with_threads(1),
+            "rels": rels[part::2],
+            "storage": storage,
+            "settings": settings,
+            "scored_at": dt.datetime.now(dt.UTC),
+            "runs": args.runs,
+            "memory_limit": args.memory_limit,
+            "partition_rows": max(50_000, -(-half.height // 4)),
+        }
+        procs.append(ctx.Process(target=solo, args=(job, barrier, results)))
+    for proc in procs:
+        proc.start()
+    halves: list[dict[str, Any]] = []
+    while len(halves) < len(procs):
+        try:
+            halves.append(results.get(timeout=5))
+        except queue.Empty:
+            if any(proc.exitcode not in (None, 0) for proc in procs):
+                raise RuntimeError("a half of the ceiling failed (its traceback is above)") from None
+    for proc in procs:
+        proc.join()
+    out: dict[str, Any] = {"cores": {}, "worker_peak_rss_mb": sorted(h["peaks"][0] for h in halves)}
+    for what in ("features", "files", "batch"):
+        later = [max(pair) for pair in zip(*(h["times"][what] for h in halves), strict=True)]
+        out[f"{what}_s"] = statistics.median(later)
+        out["cores"][what] = {
+            k: round(sum(h["cpu"][what][k] for h in halves) / sum(later), 2) for k in ("process", "workers")
+        }
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -280,10 +376,16 @@ def main() -> int:
                 f"batch {batch_s:.2f} s, peaks {peaks}, cores used {cores}",
                 flush=True,
             )
+        out["dask_1x2"] = ceiling(tx, (settings, storage, model, rels), Path(tmp), args)
+        print(f"2 x 1 worker (the ceiling): {out['dask_1x2']}", flush=True)
     out["load_before"], out["load_after"] = load_before, os.getloadavg()
     for what in ("features", "files", "batch"):
-        local, one, two = (out[k][f"{what}_s"] for k in ("local", "dask_1", "dask_2"))
-        out[f"{what}_ratios"] = {"2_over_1_workers": one / two, "2_workers_over_local": local / two}
+        local, one, two, apart = (out[k][f"{what}_s"] for k in ("local", "dask_1", "dask_2", "dask_1x2"))
+        out[f"{what}_ratios"] = {
+            "2_over_1_workers": one / two,
+            "2_workers_over_local": local / two,
+            "ceiling_over_1_worker": one / apart,
+        }
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
     print(
@@ -291,7 +393,7 @@ def main() -> int:
         "| worker peak RSS MB | cores used: this process + workers (features, files, batch) |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for key in ("local", "dask_1", "dask_2"):
+    for key in ("local", "dask_1", "dask_2", "dask_1x2"):
         r = out[key]
         peaks_txt = ", ".join(map(str, r.get("worker_peak_rss_mb", [r.get("peak_rss_mb")])))
         cells = [f"{r[f'{w}_s']:.2f} | {n / r[f'{w}_s']:,.0f}" for w in ("features", "files", "batch")]
@@ -300,7 +402,8 @@ def main() -> int:
     for what in ("features", "files", "batch"):
         ratios = out[f"{what}_ratios"]
         print(
-            f"{what}: 2 workers / 1 worker = {ratios['2_over_1_workers']:.2f}x, "
+            f"{what}: 2 workers / 1 worker = {ratios['2_over_1_workers']:.2f}x "
+            f"(the ceiling, 2 x 1 worker / 1 worker: {ratios['ceiling_over_1_worker']:.2f}x), "
             f"2 workers / local = {ratios['2_workers_over_local']:.2f}x"
         )
     print(f"load before {load_before}, after {out['load_after']}")
