@@ -1,7 +1,7 @@
 """Benchmark the Dask engine against the local one: features and batch scoring, 1 and 2 workers.
 
     uv run python benchmarks/bench_dask.py [--customers 5000] [--days 183] [--files 8] [--runs 3]
-        [--memory-limit 2GB]
+        [--memory-limit 2GB] [--pin]
 
 Data: ``fraudops.data.simulate`` (``--customers`` x ``--days``; the defaults are the handbook's 1.75 M
 transactions). Features: ``fraudops.features.add_features`` on every transaction, in this process (local
@@ -21,7 +21,10 @@ The ceiling ("2 x 1 worker"): what two workers could reach here with no cost of 
 two processes, each with its own 1-worker LocalCluster and half the data (the customers of one parity:
 their transactions in memory and as a workspace's day files; every other batch file), run the same
 three measurements at once, each run starting together (a barrier); a run's time is the later of the
-two. Results: a markdown table on stdout and ``benchmarks/results/dask.json`` (with the machine load before
+two. ``--pin``: each worker process (every thread of it; a restarted worker is bound again) bound
+to a core of its own, as a worker given one CPU on a cluster (a Kubernetes pod with ``cpu: 1``);
+one worker can then use one core, not the second one's idle time; this process and the scheduler are not
+bound. Results: a markdown table on stdout and ``benchmarks/results/dask.json`` (with the machine load before
 and after).
 """
 
@@ -61,9 +64,10 @@ def peak_rss_mb() -> float:
 class Workers:
     """The workers' CPU seconds and peak memory, counting the processes fraudops restarts after a table
     build (:meth:`fraudops.compute.Engine.release_memory`, a worker keeping too much): both are read just
-    before it releases memory."""
+    before it releases memory. With ``cores``, worker i is bound to ``cores[i]`` (:func:`pin`), again
+    after each release."""
 
-    def __init__(self, eng: Any) -> None:
+    def __init__(self, eng: Any, cores: list[int] | None = None) -> None:
         self.client = eng.client
         self.ended_cpu = 0.0  # CPU seconds of worker processes that were restarted
         self.peaks: dict[str, float] = {}  # by worker address (a restarted worker gets a new one)
@@ -75,8 +79,12 @@ class Workers:
             release()
             alive = set(self.client.scheduler_info()["workers"])
             self.ended_cpu += sum(v for a, v in last.items() if a not in alive)
+            if cores:  # a restarted worker is a new process, started by the nanny in this one
+                pin(self.client, cores)
 
         eng.release_memory = watched
+        if cores:
+            pin(self.client, cores)
 
     def _peaks(self) -> None:
         for a, v in self.client.run(peak_rss_mb).items():
@@ -89,6 +97,14 @@ class Workers:
         """The ``workers`` highest peaks of the worker processes there were."""
         self._peaks()
         return sorted(round(v) for v in sorted(self.peaks.values())[-workers:])
+
+
+def pin(client: Any, cores: list[int]) -> None:
+    """Bind worker process i to ``cores[i]``, every thread of it (threads it starts later inherit it)."""
+    pids = client.run(os.getpid)
+    for core, address in zip(cores, sorted(pids), strict=True):
+        for tid in os.listdir(f"/proc/{pids[address]}/task"):
+            os.sched_setaffinity(int(tid), {core})
 
 
 def median_seconds(
@@ -211,7 +227,7 @@ def solo(job: dict[str, Any], barrier: Any, results: Any) -> None:
             compute.local_client(cluster) as client,
             compute.attach(client, partition_rows=job["partition_rows"]) as eng,
         ):
-            watch = Workers(eng)
+            watch = Workers(eng, job["cores"])
             batch = (eng, job["model"], job["rels"], job["storage"], job["settings"], job["scored_at"])
             add_features(tx.head(50_000))  # warm-up, as for the clusters of main()
             dist_batch(*batch)
@@ -265,6 +281,7 @@ def ceiling(
             "runs": args.runs,
             "memory_limit": args.memory_limit,
             "partition_rows": max(50_000, -(-half.height // 4)),
+            "cores": sorted(os.sched_getaffinity(0))[part : part + 1] if args.pin else None,
         }
         procs.append(ctx.Process(target=solo, args=(job, barrier, results)))
     for proc in procs:
@@ -297,6 +314,7 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--memory-limit", default="2GB")
+    parser.add_argument("--pin", action="store_true", help="bind each worker to a core of its own")
     args = parser.parse_args()
 
     from fraudops import process
@@ -315,7 +333,12 @@ def main() -> int:
         f"{n:,} transactions ({args.customers} customers x {args.days} days); load {load_before}", flush=True
     )
     featured = local_add_features(tx)
-    out: dict[str, Any] = {"transactions": n, "customers": args.customers, "days": args.days}
+    out: dict[str, Any] = {
+        "transactions": n,
+        "customers": args.customers,
+        "days": args.days,
+        "pinned": args.pin,
+    }
     out["local"] = {"features_s": 0.0, "cores": {}}
     out["local"]["features_s"], out["local"]["cores"]["features"] = median_seconds(
         lambda: local_add_features(tx), args.runs
@@ -351,7 +374,7 @@ def main() -> int:
                 compute.local_client(cluster) as client,
                 compute.attach(client, partition_rows=partition_rows) as eng,
             ):
-                watch = Workers(eng)
+                watch = Workers(eng, sorted(os.sched_getaffinity(0))[:workers] if args.pin else None)
                 add_features(tx.head(50_000))  # warm-up: imports on the workers
                 cores = {}
                 feat_s, cores["features"] = median_seconds(lambda: add_features(tx), args.runs, watch)
