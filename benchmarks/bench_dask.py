@@ -253,7 +253,11 @@ def solo(job: dict[str, Any], barrier: Any, results: Any) -> None:
 
 
 def ceiling(
-    tx: pl.DataFrame, batch_job: tuple[Any, Any, Any, list[str]], root: Path, args: argparse.Namespace
+    tx: pl.DataFrame,
+    batch_job: tuple[Any, Any, Any, list[str]],
+    root: Path,
+    args: argparse.Namespace,
+    cores: list[int] | None,
 ) -> dict[str, Any]:
     """Two independent 1-worker runs on halves of the data at once (:func:`solo`): the medians of the
     later half's time per run, and the cores both used."""
@@ -281,7 +285,7 @@ def ceiling(
             "runs": args.runs,
             "memory_limit": args.memory_limit,
             "partition_rows": max(50_000, -(-half.height // 4)),
-            "cores": sorted(os.sched_getaffinity(0))[part : part + 1] if args.pin else None,
+            "cores": cores[part : part + 1] if cores else None,
         }
         procs.append(ctx.Process(target=solo, args=(job, barrier, results)))
     for proc in procs:
@@ -333,6 +337,7 @@ def main() -> int:
         f"{n:,} transactions ({args.customers} customers x {args.days} days); load {load_before}", flush=True
     )
     featured = local_add_features(tx)
+    bound = sorted(os.sched_getaffinity(0)) if args.pin else None  # worker i bound to bound[i]
     out: dict[str, Any] = {
         "transactions": n,
         "customers": args.customers,
@@ -374,7 +379,7 @@ def main() -> int:
                 compute.local_client(cluster) as client,
                 compute.attach(client, partition_rows=partition_rows) as eng,
             ):
-                watch = Workers(eng, sorted(os.sched_getaffinity(0))[:workers] if args.pin else None)
+                watch = Workers(eng, bound[:workers] if bound else None)
                 add_features(tx.head(50_000))  # warm-up: imports on the workers
                 cores = {}
                 feat_s, cores["features"] = median_seconds(lambda: add_features(tx), args.runs, watch)
@@ -399,7 +404,7 @@ def main() -> int:
                 f"batch {batch_s:.2f} s, peaks {peaks}, cores used {cores}",
                 flush=True,
             )
-        out["dask_1x2"] = ceiling(tx, (settings, storage, model, rels), Path(tmp), args)
+        out["dask_1x2"] = ceiling(tx, (settings, storage, model, rels), Path(tmp), args, bound)
         print(f"2 x 1 worker (the ceiling): {out['dask_1x2']}", flush=True)
     out["load_before"], out["load_after"] = load_before, os.getloadavg()
     for what in ("features", "files", "batch"):
